@@ -1,0 +1,221 @@
+"""Engines: the one interface the harness measures.
+
+An engine runs a GPT for inference: `reset(batch, max_len)` prepares a KV cache,
+`prefill(ids)` runs the prompt and returns logits for every position, `decode(token)`
+appends one token per sequence and returns its next-token logits.  `forward(ids)` is
+the teacher-forced full-sequence pass used by quality and fidelity metrics.  Logits
+come back as float32 on the engine's device so every metric sees the same dtype.
+
+`TorchEngine` wraps gpteval's reference model; `HFEngine` wraps Hugging Face's
+`GPT2LMHeadModel` with the same weights (the peer most users run today).  ONNX Runtime
+and TensorRT engines live with their passes in `optimizers/`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from .model import GPT
+
+
+class Engine(ABC):
+    backend: str = "?"
+    device: str = "cpu"
+    vocab_size: int = 0
+    max_positions: int = 0
+
+    @abstractmethod
+    def reset(self, batch: int, max_len: int) -> None:
+        """Prepare an empty KV cache for `batch` sequences of up to `max_len` tokens."""
+
+    @abstractmethod
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """Run the prompt ids (B, T) from position 0; logits (B, T, V) float32."""
+
+    @abstractmethod
+    def decode(self, token: torch.Tensor) -> torch.Tensor:
+        """Append token (B, 1) at the next position; next-token logits (B, V) float32."""
+
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes of weights this engine holds (what one decode step reads)."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """{'backend', 'device', 'dtype', ...}: what a report needs to say what ran."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V) for a whole sequence."""
+        self.reset(ids.shape[0], ids.shape[1])
+        return self.prefill(ids)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work, so a clock read after it means something."""
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def artifact_files(self) -> list[str]:
+        """Files the engine runs from (exported graphs, engines); empty for in-memory ones."""
+        return []
+
+
+def module_nbytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers, each tensor counted once (tied weights too).
+
+    Quantized tensor subclasses and packed params report their own storage where they can.
+    """
+    seen: set[int] = set()
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += tensor_nbytes(t)
+    # torch.ao dynamic-quantized Linear keeps its int8 weight in packed params, not parameters
+    for m in module.modules():
+        packed = getattr(m, "_packed_params", None)
+        if packed is not None and hasattr(packed, "_weight_bias"):
+            w, b = packed._weight_bias()
+            total += tensor_nbytes(w) + (tensor_nbytes(b) if b is not None else 0)
+    return total
+
+
+def tensor_nbytes(t: torch.Tensor) -> int:
+    try:
+        if t.is_quantized:
+            return t.numel() * t.element_size()
+    except Exception:
+        pass
+    # torchao tensor subclasses hold their data in inner tensors
+    inner = getattr(t, "__tensor_flatten__", None)
+    if inner is not None and type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+        try:
+            names, _ = t.__tensor_flatten__()
+            return sum(tensor_nbytes(getattr(t, n)) for n in names)
+        except Exception:
+            pass
+    return t.numel() * t.element_size()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+class TorchEngine(Engine):
+    """gpteval's reference GPT run in PyTorch.  Passes mutate `self.model` or swap
+    `self.decode_fn` (torch.compile); what they change is recorded in `self.notes`."""
+
+    backend = "torch"
+
+    def __init__(self, model: GPT, device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.vocab_size = model.config.vocab_size
+        self.max_positions = model.config.n_positions
+        self.notes: list[str] = []
+        self.prefill_fn = model.prefill
+        self.decode_fn = model.decode
+        self._pos = 0
+        self._pos_t: torch.Tensor | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.transformer.wpe.weight.dtype
+
+    def reset(self, batch: int, max_len: int) -> None:
+        if self.model.max_batch != batch or self.model.max_len != max_len:
+            self.model.setup_cache(batch, max_len)
+        self._pos = 0
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.to(self.device)
+        logits = self.prefill_fn(ids)
+        self._pos = ids.shape[1]
+        return logits.float()
+
+    @torch.inference_mode()
+    def decode(self, token: torch.Tensor) -> torch.Tensor:
+        token = token.to(self.device).view(-1, 1)
+        pos = torch.tensor([self._pos], device=self.device)
+        logits = self.decode_fn(token, pos)
+        self._pos += 1
+        return logits.float()
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids.to(self.device)).float()
+
+    def nbytes(self) -> int:
+        return module_nbytes(self.model)
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "device": self.device,
+                "dtype": _dtype_name(self.dtype), "notes": list(self.notes)}
+
+
+class HFEngine(Engine):
+    """Hugging Face `GPT2LMHeadModel` with the same weights: the peer in reports.
+
+    Decode feeds the model's own `past_key_values` back, as `generate()` does."""
+
+    backend = "hf"
+
+    def __init__(self, model: GPT, device: str = "cpu") -> None:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        c = model.config
+        hf_cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.n_positions, n_embd=c.n_embd,
+                            n_layer=c.n_layer, n_head=c.n_head, layer_norm_epsilon=c.layer_norm_eps,
+                            activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+                            attn_pdrop=0.0, tie_word_embeddings=True)
+        hf = GPT2LMHeadModel(hf_cfg)
+        state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        missing, unexpected = hf.load_state_dict(state, strict=False)
+        real_missing = [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias",
+                                                              "lm_head.weight"))]
+        if real_missing or unexpected:
+            raise RuntimeError(f"HF weight copy failed: missing {real_missing}, "
+                               f"unexpected {unexpected}")
+        hf.tie_weights()
+        self.model = hf.to(device).eval()
+        self.device = device
+        self.vocab_size = c.vocab_size
+        self.max_positions = c.n_positions
+        self._past = None
+        self._pos = 0
+
+    def reset(self, batch: int, max_len: int) -> None:
+        self._past = None
+        self._pos = 0
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=ids.to(self.device), use_cache=True)
+        self._past = out.past_key_values
+        self._pos = ids.shape[1]
+        return out.logits.float()
+
+    @torch.inference_mode()
+    def decode(self, token: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=token.to(self.device).view(-1, 1),
+                         past_key_values=self._past, use_cache=True)
+        self._past = out.past_key_values
+        self._pos += 1
+        return out.logits[:, -1, :].float()
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids.to(self.device), use_cache=False).logits.float()
+
+    def nbytes(self) -> int:
+        return module_nbytes(self.model)
+
+    def describe(self) -> dict:
+        import transformers
+
+        return {"backend": self.backend, "device": self.device,
+                "dtype": _dtype_name(next(self.model.parameters()).dtype),
+                "notes": [f"transformers {transformers.__version__} GPT2LMHeadModel"]}

@@ -1,0 +1,103 @@
+"""The pass registry and the pipeline parser.
+
+A variant is a pipeline of passes written as a string: `prune-structured:0.3+int8-dynamic`,
+`onnx+ort-int8`.  Names map to "module:Class" strings so a pass's module is imported only
+when the pass is asked for (after lm-eval's registry).  Adding a pass = one class + one
+line here; the parametrized pass tests pick it up.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from gpteval.errors import did_you_mean
+
+from .base import Pass, PassContext, PassError
+
+REGISTRY: dict[str, str] = {
+    "eager": "optimizers.base:Eager",
+    "hf": "optimizers.base:HFPeer",
+    "fp16": "optimizers.dtype:FP16",
+    "bf16": "optimizers.dtype:BF16",
+    "int8-dynamic": "optimizers.quantize:Int8Dynamic",
+    "int8-weight-only": "optimizers.quantize:Int8WeightOnly",
+    "int4-weight-only": "optimizers.quantize:Int4WeightOnly",
+    "fp8": "optimizers.quantize:FP8",
+    "prune-magnitude": "optimizers.prune:PruneMagnitude",
+    "prune-structured": "optimizers.prune:PruneStructured",
+    "prune-2to4": "optimizers.prune:Prune2to4",
+    "prune-wanda": "optimizers.prune:PruneWanda",
+    "finetune": "optimizers.finetune:Finetune",
+    "onnx": "optimizers.onnx:OnnxExport",
+    "ort-int8": "optimizers.onnx:OrtInt8",
+    "ort-int4": "optimizers.onnx:OrtInt4",
+    "compile": "optimizers.compile:Compile",
+    "tensorrt": "optimizers.tensorrt:TensorRT",
+}
+
+# backend every pipeline starts from
+START_BACKEND = "torch"
+
+
+def pass_class(name: str) -> type[Pass]:
+    if name not in REGISTRY:
+        raise PassError(f"unknown pass '{name}'.{did_you_mean(name, REGISTRY)} "
+                        "Run `gpteval passes` to list them.")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def parse_pipeline(variant: str) -> list[Pass]:
+    """Turn 'a:1+b' into pass objects; reject unknown names, bad parameters and orders
+    that cannot work, with a message that says the valid form."""
+    text = variant.strip()
+    if not text:
+        raise PassError("empty variant; write pass names joined by '+', e.g. 'int8-dynamic'")
+    passes: list[Pass] = []
+    for part in text.split("+"):
+        part = part.strip()
+        if not part:
+            raise PassError(f"variant '{variant}' has an empty step; join pass names with "
+                            "single '+' signs")
+        name, _, arg = part.partition(":")
+        cls = pass_class(name.strip())
+        passes.append(cls(arg.strip() if _ else None))
+    check_order(variant, passes)
+    return passes
+
+
+def check_order(variant: str, passes: list[Pass]) -> None:
+    backend = START_BACKEND
+    seen: set[str] = set()
+    for p in passes:
+        if p.name in seen and p.name != "finetune":
+            raise PassError(f"variant '{variant}' applies '{p.name}' twice; keep one")
+        seen.add(p.name)
+        if backend not in p.requires:
+            raise PassError(_order_message(variant, p, backend))
+        backend = p.produces or backend
+
+
+def _order_message(variant: str, p: Pass, backend: str) -> str:
+    if "onnx" in p.requires and backend == "torch":
+        return (f"variant '{variant}': '{p.name}' works on an exported ONNX model; put "
+                f"'onnx' before it, e.g. 'onnx+{p.name}'")
+    if backend != "torch":
+        return (f"variant '{variant}': '{p.name}' is a PyTorch pass and cannot follow a pass "
+                f"that leaves a {backend} engine; put '{p.name}' first, e.g. "
+                f"'{p.name}+...+onnx'")
+    return f"variant '{variant}': '{p.name}' cannot run on a {backend} engine"
+
+
+def all_passes() -> list[type[Pass]]:
+    return [pass_class(n) for n in REGISTRY]
+
+
+def run_pipeline(passes: list[Pass], engine, ctx: PassContext):
+    for p in passes:
+        engine = p.apply(engine, ctx)
+    return engine
+
+
+__all__ = ["REGISTRY", "Pass", "PassContext", "PassError", "pass_class", "parse_pipeline",
+           "all_passes", "run_pipeline"]

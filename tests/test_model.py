@@ -1,0 +1,83 @@
+"""The reference GPT against Hugging Face GPT-2, and its KV cache against the full pass."""
+
+import pytest
+import torch
+
+from gpteval.model import GPT, PRESETS, GPTConfig, preset_config
+from gpteval.weights import load_model
+
+
+def test_presets_have_gpt2_shapes():
+    shapes = {n: (c.n_layer, c.n_head, c.n_embd) for n in PRESETS for c in [preset_config(n)]}
+    assert shapes["gpt2"] == (12, 12, 768)
+    assert shapes["gpt2-medium"] == (24, 16, 1024)
+    assert shapes["gpt2-large"] == (36, 20, 1280)
+    assert shapes["gpt2-xl"] == (48, 25, 1600)
+    assert preset_config("gpt2").vocab_size == 50257
+    assert preset_config("gpt2").n_positions == 1024
+
+
+def test_gpt2_preset_parameter_count():
+    # GPT-2 small has 124,439,808 parameters with tied embeddings
+    with torch.device("meta"):
+        model = GPT(preset_config("gpt2"))
+    assert model.num_params() == 124_439_808
+
+
+def test_config_rejects_indivisible_heads():
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(n_embd=30, n_head=4)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_kv_cache_matches_full_forward(tiny_model, batch):
+    torch.manual_seed(2)
+    ids = torch.randint(0, tiny_model.config.vocab_size, (batch, 20))
+    with torch.no_grad():
+        full = tiny_model(ids)  # (B, 20, V)
+        tiny_model.setup_cache(batch, 32)
+        pre = tiny_model.prefill(ids[:, :8])
+        steps = [tiny_model.decode(ids[:, t:t + 1], torch.tensor([t])) for t in range(8, 20)]
+    assert (pre - full[:, :8]).abs().max().item() <= 1e-5
+    dec = torch.stack(steps, dim=1)
+    assert (dec - full[:, 8:]).abs().max().item() <= 1e-5
+
+
+def test_hf_logits_parity(hf_dir):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    loaded = load_model(str(hf_dir))
+    assert loaded.source == "hf" and loaded.trained
+    assert loaded.model.config.n_embd == 48 and loaded.model.config.n_layer == 3
+    ids = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = loaded.model(ids)
+        theirs = hf(ids).logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_greedy_generation_matches_hf(hf_dir):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    model = load_model(str(hf_dir)).model
+    prompt = torch.tensor([[5, 17, 42, 99, 7]])
+    ours = model.generate(prompt, max_new_tokens=20)
+    theirs = hf.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0,
+                         attention_mask=torch.ones_like(prompt))
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_sampling_is_seeded(tiny_model):
+    prompt = torch.tensor([[1, 2, 3]])
+    a = tiny_model.generate(prompt, 15, temperature=1.0, top_k=10, seed=7)
+    b = tiny_model.generate(prompt, 15, temperature=1.0, top_k=10, seed=7)
+    c = tiny_model.generate(prompt, 15, temperature=1.0, top_k=10, seed=8)
+    assert a.tolist() == b.tolist()
+    assert a.tolist() != c.tolist()
+
+
+def test_top_k_one_is_greedy(tiny_model):
+    prompt = torch.tensor([[4, 5]])
+    greedy = tiny_model.generate(prompt, 10)
+    top1 = tiny_model.generate(prompt, 10, temperature=0.8, top_k=1, seed=3)
+    assert greedy.tolist() == top1.tolist()
