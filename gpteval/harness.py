@@ -1,0 +1,330 @@
+"""The harness: expands a study into model × device × variant jobs, runs each job in its
+own process (gpteval.worker), and keeps results.json complete after every job.
+
+Everything a user can get wrong is checked before the first job starts (preflight), so
+a typo fails in a second, not an hour into a GPU run.  A job that raises, dies, or runs
+past its timeout is recorded `failed` with the reason and the run goes on.  SIGINT and
+SIGTERM stop the job in progress, keep every finished one, write the report, and the
+exit code says the run was interrupted; `--resume` finishes it later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .config import RunConfig
+from .errors import UserError
+from .worker import write_json_atomic
+
+SCHEMA_VERSION = 1
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@dataclass
+class Job:
+    model: str
+    device: str
+    variant: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.model, self.variant, self.device)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} · {self.variant} · {self.device}"
+
+
+@dataclass
+class RunState:
+    config: RunConfig
+    out_dir: Path
+    results: dict = field(default_factory=dict)
+    interrupted_by: int | None = None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- preflight ---------------------------------------------------------------------------
+def preflight(cfg: RunConfig) -> dict[str, dict]:
+    """Validate everything before anything runs; returns facts per model (n_params,
+    n_positions).  Raises UserError with the fix."""
+    import torch
+
+    from optimizers import parse_pipeline
+
+    from .data_sources import check_text_length, eval_ids, load_task_items
+    from .model import PRESETS, preset_config
+    from .weights import load_model
+
+    for v in cfg.variants:
+        parse_pipeline(v)
+    if "cuda" in cfg.devices and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but torch sees no GPU; run on a machine "
+                        "with CUDA or use --device cpu")
+    load_task_items(cfg.quality.tasks)
+    facts: dict[str, dict] = {}
+    lat, q = cfg.latency, cfg.quality
+    for spec in cfg.models:
+        if spec in PRESETS:
+            mc = preset_config(spec)
+            with torch.device("meta"):
+                from .model import GPT
+
+                n_params = GPT(mc).num_params()
+            tok = load_model("tiny").tokenizer if mc.vocab_size == 256 else None
+        else:
+            loaded = load_model(spec)
+            mc, n_params, tok = loaded.model.config, loaded.model.num_params(), loaded.tokenizer
+        need = max(lat.prompt_len + lat.new_tokens, lat.prompt_len + q.generate_tokens)
+        if need > mc.n_positions:
+            raise UserError(f"model '{spec}' covers {mc.n_positions} positions, but prompt_len "
+                            f"({lat.prompt_len}) + new tokens needs {need}; lower "
+                            "latency.prompt_len or latency.new_tokens")
+        if tok is not None:
+            ids, _, _ = eval_ids(q.text, tok)
+            check_text_length(q.text, len(ids), min(q.context, mc.n_positions) + 1,
+                              f"one perplexity window (quality.context={q.context})")
+            check_text_length(q.text, len(ids), lat.prompt_len, f"the prompt (latency.prompt_len="
+                              f"{lat.prompt_len})")
+        facts[spec] = {"n_params": n_params, "n_positions": mc.n_positions}
+    return facts
+
+
+def check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".gpteval-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{out_dir}: cannot write the report there ({e.strerror}); choose "
+                        "another directory with --out") from None
+
+
+def load_for_resume(out_dir: Path, cfg: RunConfig) -> dict:
+    path = out_dir / "results.json"
+    if not path.is_file():
+        raise UserError(f"{out_dir}: holds no gpteval run to resume (no results.json); drop "
+                        "--resume or point --out at an earlier run")
+    try:
+        data = json.loads(path.read_text())
+        old_cfg = data["run"]["config"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{path}: not a gpteval results file; drop --resume or choose another "
+                        "--out") from None
+    if old_cfg != cfg.model_dump():
+        changed = sorted(k for k in set(old_cfg) | set(cfg.model_dump())
+                         if old_cfg.get(k) != cfg.model_dump().get(k))
+        raise UserError(f"{out_dir}: the run there used a different config (differs in: "
+                        f"{', '.join(changed)}); resume with the same config or use a new --out")
+    return data
+
+
+# ---- running jobs ----------------------------------------------------------------------------
+class JobRunner:
+    """Runs one job in a child process and turns whatever happens into a Result."""
+
+    def __init__(self, on_phase: Callable[[str], None] | None = None) -> None:
+        self.on_phase = on_phase or (lambda phase: None)
+        self.proc: subprocess.Popen | None = None
+        self.stop_requested = False
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def run(self, job: Job, payload: dict, scratch: Path, timeout_s: float) -> dict | None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        job_file, out_file, err_file = scratch / "job.json", scratch / "result.json", scratch / "stderr.txt"
+        out_file.unlink(missing_ok=True)
+        job_file.write_text(json.dumps(payload))
+        phase = ["start"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(err_file, "w") as err:
+            # own session: a terminal's Ctrl-C reaches the harness, which stops the child
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gpteval.worker", str(job_file), str(out_file)],
+                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True, env=env)
+            reader = threading.Thread(target=self._read_phases, args=(self.proc, phase), daemon=True)
+            reader.start()
+            t0 = time.monotonic()
+            timed_out = False
+            while self.proc.poll() is None:
+                if self.stop_requested:
+                    self.stop()
+                elif time.monotonic() - t0 > timeout_s:
+                    timed_out = True
+                    self.stop()
+                time.sleep(0.05)
+            rc = self.proc.wait()
+            reader.join(timeout=2)
+        base = {"model": job.model, "variant": job.variant, "device": job.device, "metrics": {}}
+        if self.stop_requested and not timed_out:
+            return None  # interrupted: the job is not finished and is not recorded
+        if timed_out:
+            return {**base, "status": "failed", "reason": f"timed out after {timeout_s:g} s "
+                    f"(phase: {phase[0]}); raise timeout_s or --timeout if this variant is slow"}
+        if out_file.is_file():
+            try:
+                return json.loads(out_file.read_text())
+            except json.JSONDecodeError:
+                pass
+        return {**base, "status": "failed", "reason": _death_reason(rc, phase[0], err_file)}
+
+    def _read_phases(self, proc: subprocess.Popen, phase: list[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(msg, dict) and "phase" in msg:
+                phase[0] = msg["phase"]
+                self.on_phase(phase[0])
+
+
+def _death_reason(rc: int, phase: str, err_file: Path) -> str:
+    tail = ""
+    try:
+        lines = [ln for ln in err_file.read_text(errors="replace").splitlines() if ln.strip()]
+        tail = lines[-1][:300] if lines else ""
+    except OSError:
+        pass
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        hint = " (out of memory?)" if -rc == signal.SIGKILL else ""
+        what = f"process killed by {name}{hint} during {phase}"
+    else:
+        what = f"process exited with status {rc} during {phase} without a result"
+    return f"{what}{': ' + tail if tail else ''}"
+
+
+# ---- the run -----------------------------------------------------------------------------------
+def expand(cfg: RunConfig) -> list[Job]:
+    return [Job(m, d, v) for m in cfg.models for d in cfg.devices for v in cfg.variants]
+
+
+def measure_ceilings(devices: list[str], threads: int) -> dict:
+    import torch
+
+    from .measure import ceilings
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = {}
+    for d in devices:
+        out[d] = {"memory_bandwidth_gbs": ceilings.memory_bandwidth_gbs(d),
+                  "matmul_gflops": ceilings.matmul_gflops(d)}
+    return out
+
+
+def execute(cfg: RunConfig, out_dir: Path, *, resume: bool = False,
+            progress=None, argv: list[str] | None = None) -> RunState:
+    """Run the whole study; results.json is rewritten after every job."""
+    from .env import fingerprint
+
+    facts = preflight(cfg)
+    check_writable(out_dir)
+    previous = load_for_resume(out_dir, cfg) if resume else None
+    state = RunState(cfg, out_dir)
+    if previous:
+        state.results = previous
+        state.results["run"]["interrupted"] = False
+        state.results["run"].setdefault("resumed", []).append(_now())
+    else:
+        env = fingerprint(cfg.threads)
+        env["ceilings"] = measure_ceilings(cfg.devices, cfg.threads)
+        state.results = {
+            "schema_version": SCHEMA_VERSION,
+            "run": {"name": cfg.name, "config": cfg.model_dump(), "started": _now(),
+                    "finished": None, "interrupted": False, "gpteval_version": __version__,
+                    "argv": argv or []},
+            "env": env,
+            "results": [],
+        }
+    results_path = out_dir / "results.json"
+    write_json_atomic(results_path, state.results)
+    done = {(r["model"], r["variant"], r["device"]) for r in state.results["results"]}
+    jobs = [j for j in expand(cfg) if j.key not in done]
+    runner = JobRunner(on_phase=lambda ph: progress and progress.phase(ph))
+    old_handlers = {}
+
+    def _on_signal(signum, _frame):
+        state.interrupted_by = signum
+        runner.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        old_handlers[sig] = signal.signal(sig, _on_signal)
+    try:
+        if progress:
+            progress.start(len(jobs) + len(done), len(done))
+        for job in jobs:
+            if state.interrupted_by:
+                break
+            if progress:
+                progress.begin(job.label)
+            payload = {"model": job.model, "device": job.device, "variant": job.variant,
+                       "config": cfg.model_dump(),
+                       "ceilings": state.results["env"].get("ceilings", {}).get(job.device, {}),
+                       "n_params": facts[job.model]["n_params"],
+                       "workdir": str(out_dir / ".scratch" / _slug(job) / "artifacts")}
+            scratch = out_dir / ".scratch" / _slug(job)
+            result = runner.run(job, payload, scratch, cfg.timeout_s)
+            _keep_log_and_clean(scratch, out_dir, job, result)
+            if result is None:
+                break
+            state.results["results"].append(result)
+            write_json_atomic(results_path, state.results)
+            if progress:
+                progress.end(job.label, result)
+    finally:
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+        if progress:
+            progress.stop()
+    state.results["run"]["finished"] = _now()
+    state.results["run"]["interrupted"] = bool(state.interrupted_by)
+    write_json_atomic(results_path, state.results)
+    return state
+
+
+def _keep_log_and_clean(scratch: Path, out_dir: Path, job: Job, result: dict | None) -> None:
+    """Exported artifacts are measured by the worker, then removed (a gpt2-xl ONNX export is
+    gigabytes); a failed job's stderr is kept under logs/ for diagnosis."""
+    import shutil
+
+    err = scratch / "stderr.txt"
+    if result is not None and result.get("status") == "failed" and err.is_file():
+        (out_dir / "logs").mkdir(exist_ok=True)
+        shutil.copyfile(err, out_dir / "logs" / f"{_slug(job)}.stderr.txt")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        (out_dir / ".scratch").rmdir()
+    except OSError:
+        pass
+
+
+def _slug(job: Job) -> str:
+    raw = f"{Path(job.model).name or job.model}-{job.variant}-{job.device}"
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in raw)

@@ -1,0 +1,274 @@
+"""One variant, measured in its own process: `python -m gpteval.worker JOB.json RESULT.json`.
+
+The harness starts this module once per model × variant × device, so peak memory is the
+variant's own, nothing leaks between variants, and a crash, a kill or a hang is contained.
+Phases (load → reference → optimize → measure) are announced on stdout as JSON lines for
+the progress display; the Result is written to RESULT.json at the end.  A Python error
+is recorded as `failed` with its reason; a death without a result is diagnosed by the
+harness from the exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from .data_sources import eval_ids, load_task_items
+from .engine import TorchEngine
+from .errors import UserError
+from .weights import load_model
+
+
+def _announce(phase: str) -> None:
+    print(json.dumps({"phase": phase}), flush=True)
+
+
+class NonFiniteLogits(RuntimeError):
+    pass
+
+
+def _check_finite(logits: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(logits).all():
+        bad = (~torch.isfinite(logits)).sum().item()
+        raise NonFiniteLogits(f"{where} logits contain {bad} NaN/inf values; the variant's "
+                              "numbers would be meaningless")
+
+
+def _windows(ids: torch.Tensor, context: int, limit: int) -> list[torch.Tensor]:
+    ids = ids[:limit]
+    return [ids[i:i + context] for i in range(0, len(ids) - 1, context) if len(ids[i:i + context]) > 1]
+
+
+def _greedy(engine, prompt: torch.Tensor, n: int) -> list[int]:
+    """n greedy tokens after prompt (1, P) through the engine's own prefill/decode path."""
+    engine.reset(1, prompt.shape[1] + n)
+    logits = engine.prefill(prompt)[:, -1, :]
+    out: list[int] = []
+    for i in range(n):
+        _check_finite(logits, "decode")
+        nxt = logits.argmax(dim=-1, keepdim=True)
+        out.append(int(nxt.item()))
+        if i + 1 < n:
+            logits = engine.decode(nxt)
+    return out
+
+
+def run_job(job: dict) -> dict:
+    """Measure one variant; returns the Result dict (status ok | skipped | failed)."""
+    from optimizers import PassContext, parse_pipeline
+    from .measure import ceilings, fidelity, latency, memory, quality
+
+    cfg = job["config"]
+    device, variant, model_spec = job["device"], job["variant"], job["model"]
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(cfg.get("seed", 0))
+    result = {"model": model_spec, "variant": variant, "device": device, "status": "ok",
+              "reason": None, "metrics": {}, "stats": {}, "samples": {}, "phases": {}}
+    t_start = time.perf_counter()
+    passes = parse_pipeline(variant)
+    for p in passes:
+        reason = p.available(device)
+        if reason:
+            result.update(status="skipped", reason=f"{p.spec}: {reason}")
+            return result
+
+    # ---- load -------------------------------------------------------------------------
+    _announce("load")
+    memory.reset_peak_rss()
+    t0 = time.perf_counter()
+    loaded = load_model(model_spec, seed=cfg.get("seed", 0))
+    ref = TorchEngine(loaded.model, device)
+    q = cfg["quality"]
+    text_ids, n_bytes, text_sha = eval_ids(q["text"], loaded.tokenizer)
+    result["phases"]["load"] = {"s": time.perf_counter() - t0, "peak_rss_mb": memory.peak_rss_mb()}
+
+    # ---- reference logits (eager fp32, same weights, same device) -----------------------
+    _announce("reference")
+    fid_windows = _windows(text_ids, min(q["context"], ref.max_positions), q["fidelity_tokens"])
+    ref_logits = [ref.forward(w[None]) for w in fid_windows]
+    lat = cfg["latency"]
+    prompt = text_ids[: lat["prompt_len"]].repeat(lat["batch"], 1)
+    ref_tokens = _greedy(ref, prompt[:1], q["generate_tokens"])
+
+    # ---- optimize ---------------------------------------------------------------------
+    _announce("optimize")
+    memory.reset_peak_rss()
+    memory.reset_peak_device(device)
+    workdir = Path(job["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    train_ids = None
+    if loaded.trained:
+        def train_ids():
+            from . import corpus
+
+            return torch.tensor(loaded.tokenizer.encode(corpus.split_text("train")),
+                                dtype=torch.long)
+    ctx = PassContext(device=device, workdir=workdir, seed=cfg.get("seed", 0),
+                      train_ids=train_ids, trained=loaded.trained)
+    # passes mutate the model in place: give them their own copy, keep the reference intact
+    import copy
+
+    engine = TorchEngine(copy.deepcopy(loaded.model), device)
+    t0 = time.perf_counter()
+    for p in passes:
+        engine = p.apply(engine, ctx)
+    engine.synchronize()
+    optimize_s = time.perf_counter() - t0
+    result["phases"]["optimize"] = {"s": optimize_s, "peak_rss_mb": memory.peak_rss_mb()}
+    result["engine"] = engine.describe()
+    del ref  # the reference model stays only as its logits
+    if variant != "eager":
+        loaded.model = None  # type: ignore[assignment]
+    import gc
+
+    gc.collect()
+
+    # ---- measure ----------------------------------------------------------------------
+    _announce("measure")
+    memory.reset_peak_rss()
+    memory.reset_peak_device(device)
+    t0 = time.perf_counter()
+    m = result["metrics"]
+    cand = [engine.forward(w[None]) for w in fid_windows]
+    for c in cand:
+        _check_finite(c, "teacher-forced")
+    fid = fidelity.fidelity_metrics(torch.cat([r[0] for r in ref_logits]),
+                                    torch.cat([c[0] for c in cand]))
+    del cand
+    m.update(fid)
+    tokens = _greedy(engine, prompt[:1], q["generate_tokens"])
+    m["first_divergence"] = fidelity.first_divergence(ref_tokens, tokens)
+
+    lr = latency.measure_latency(engine, lat["batch"], lat["prompt_len"], lat["new_tokens"],
+                                 warmup=lat["warmup"], min_repeats=lat["min_repeats"],
+                                 min_time_s=lat["min_time_s"], seed=cfg.get("seed", 0))
+    lat_dict = lr.as_dict(include_samples=True)
+    m.update({k: lat_dict[k] for k in ("ttft_ms", "tpot_ms", "decode_tok_s", "prefill_tok_s")})
+    result["stats"] = lat_dict["stats"]
+    result["samples"] = lat_dict["samples"]
+    result["latency_protocol"] = {k: lat[k] for k in lat}
+
+    weights_bytes = engine.nbytes()
+    m["weights_mb"] = weights_bytes / 1e6
+    files = [Path(f) for f in engine.artifact_files()]
+    m["artifact_mb"] = sum(f.stat().st_size for f in files if f.is_file()) / 1e6 if files else None
+    m["optimize_s"] = optimize_s
+    ceil = job.get("ceilings") or {}
+    steps_per_s = 1000.0 / m["tpot_ms"] if m["tpot_ms"] else None
+    if steps_per_s:
+        m["bandwidth_gbs"] = weights_bytes * steps_per_s / 1e9
+        bw = ceil.get("memory_bandwidth_gbs")
+        m["roofline_pct"] = 100.0 * m["bandwidth_gbs"] / bw if bw else None
+    n_params = job.get("n_params") or 0
+    gflops = ceil.get("matmul_gflops")
+    if gflops and m["ttft_ms"]:
+        prefill_flops = 2.0 * n_params * lat["batch"] * lat["prompt_len"]
+        m["flops_pct"] = 100.0 * prefill_flops / (m["ttft_ms"] / 1000.0) / (gflops * 1e9)
+
+    # ---- quality (trained weights only) -----------------------------------------------
+    result["quality_protocol"] = {"context": q["context"], "stride": q["stride"],
+                                  "text": q["text"], "text_sha256": text_sha,
+                                  "n_tokens": int(len(text_ids))}
+    if loaded.trained:
+        ids = text_ids[: q["max_tokens"]] if q["max_tokens"] else text_ids
+        qr = quality.perplexity(engine, ids, min(q["context"], engine.max_positions),
+                                min(q["stride"], q["context"]), n_bytes=n_bytes)
+        if not math.isfinite(qr.ppl):
+            raise NonFiniteLogits("perplexity is not finite: the variant's logits overflow")
+        m.update({"ppl": qr.ppl, "bpb": qr.bpb, "next_token_acc": qr.next_token_acc})
+        for task_name, (kind, items) in load_task_items(q["tasks"]).items():
+            if kind == "cloze":
+                m[f"acc_{task_name}"] = quality.cloze_accuracy(engine, loaded.tokenizer, items)
+            else:
+                mc = quality.multiple_choice(engine, loaded.tokenizer, items)
+                m[f"acc_{task_name}"] = mc["acc"]
+                m[f"acc_norm_{task_name}"] = mc["acc_norm"]
+    else:
+        m.update({"ppl": None, "bpb": None, "next_token_acc": None})
+        result["quality_note"] = ("random weights: perplexity and task accuracy are not "
+                                  "meaningful and are not reported")
+    m["peak_rss_mb"] = memory.peak_rss_mb()
+    dev = memory.peak_device_mb(device)
+    m["peak_device_mb"] = dev["allocated"] if dev else None
+    if dev:
+        result["peak_device_reserved_mb"] = dev["reserved"]
+    result["phases"]["measure"] = {"s": time.perf_counter() - t0, "peak_rss_mb": m["peak_rss_mb"]}
+    result["duration_s"] = time.perf_counter() - t_start
+    return result
+
+
+def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, UserError):
+        return str(exc)
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return f"out of memory on CUDA: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if isinstance(exc, NonFiniteLogits):
+        return str(exc)
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}{where}: {first}"[:500]
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, allow_nan=False, default=_json_default)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def _sanitize(obj):
+    """NaN/inf become null: results.json stays strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _sanitize(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_sanitize(v) for v in obj]
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job_path, out_path = Path(argv[0]), Path(argv[1])
+    job = json.loads(job_path.read_text())
+    base = {"model": job["model"], "variant": job["variant"], "device": job["device"]}
+    try:
+        result = run_job(job)
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded, never lost
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        result = {**base, "status": "failed", "reason": failure_reason(exc), "metrics": {}}
+        print(traceback.format_exc(), file=sys.stderr, flush=True)
+    write_json_atomic(out_path, _sanitize(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
