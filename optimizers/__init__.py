@@ -35,6 +35,22 @@ REGISTRY: dict[str, str] = {
     "tensorrt": "optimizers.tensorrt:TensorRT",
 }
 
+
+
+def _register_plugins() -> None:
+    """Passes from outside gpteval: GPTEVAL_PASSES="name=module:Class,..." adds them to the
+    registry in this process and in every variant process the harness starts."""
+    import os
+
+    for entry in filter(None, (e.strip() for e in os.environ.get("GPTEVAL_PASSES", "").split(","))):
+        name, _, target = entry.partition("=")
+        if not name or ":" not in target:
+            raise PassError(f"GPTEVAL_PASSES entry '{entry}' must look like name=module:Class")
+        REGISTRY[name.strip()] = target.strip()
+
+
+_register_plugins()
+
 # backend every pipeline starts from
 START_BACKEND = "torch"
 
