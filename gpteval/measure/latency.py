@@ -1,0 +1,127 @@
+"""Latency of greedy generation: TTFT, TPOT and the single decode steps.
+
+One repeat, for batch B, prompt length P and N new tokens:
+
+    reset(B, P + N)                       (cache setup: not timed)
+    mark
+    logits = prefill(prompt); token 1 = argmax of the last position's logits
+    mark                                  -> ttft
+    N - 1 times: logits = decode(token); next token = argmax(logits)
+    mark after each                       -> decode steps
+
+Every mark synchronizes device work first (or is a CUDA event), see `timer.Clock`.
+The prompt is B rows of P token ids drawn uniformly from the vocabulary with a seeded
+generator: latency does not depend on what the tokens mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..engine import Engine
+from ..errors import UserError
+from .stats import Stats
+from .timer import Clock, repeat
+
+
+@dataclass
+class LatencyResult:
+    """Timings of greedy generation, in milliseconds, one sample per repeat (decode steps:
+    one sample per step of every repeat)."""
+
+    ttft_ms: Stats
+    tpot_ms: Stats
+    decode_step_ms: Stats
+    batch: int
+    prompt_len: int
+    new_tokens: int
+    warmup: int = 0
+    min_repeats: int = 0
+    min_time_s: float = 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        """Generated tokens per second after the first token, over the batch:
+        B * 1000 / median tpot_ms."""
+        return self.batch * 1000.0 / self.tpot_ms.median
+
+    @property
+    def prefill_tok_s(self) -> float:
+        """Prompt tokens processed per second: B * P * 1000 / median ttft_ms."""
+        return self.batch * self.prompt_len * 1000.0 / self.ttft_ms.median
+
+    def protocol(self) -> dict:
+        """How the numbers were taken (results.json "latency_protocol")."""
+        return {"batch": self.batch, "prompt_len": self.prompt_len,
+                "new_tokens": self.new_tokens, "warmup": self.warmup,
+                "min_repeats": self.min_repeats, "min_time_s": self.min_time_s}
+
+    def as_dict(self, include_samples: bool = True) -> dict:
+        """Medians as the headline numbers, full statistics, and (optionally) raw samples."""
+        series = {"ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms,
+                  "decode_step_ms": self.decode_step_ms}
+        out = {"ttft_ms": self.ttft_ms.median, "tpot_ms": self.tpot_ms.median,
+               "decode_tok_s": self.decode_tok_s, "prefill_tok_s": self.prefill_tok_s,
+               "latency_protocol": self.protocol(),
+               "stats": {k: s.as_dict() for k, s in series.items()}}
+        if include_samples:
+            out["samples"] = {k: list(s.samples) for k, s in series.items()}
+        return out
+
+
+def greedy_generate(engine: Engine, ids: torch.Tensor, new_tokens: int,
+                    after_token: Callable[[], None] | None = None) -> torch.Tensor:
+    """Greedy continuation of the prompt ids (B, P): the next token is the argmax of the
+    logits.  Returns the N new tokens (B, N).  `after_token()` is called once each token
+    exists (latency puts its clock marks there).  The caller resets the engine."""
+    logits = engine.prefill(ids)[:, -1, :]
+    token = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    out = [token]
+    if after_token is not None:
+        after_token()
+    for _ in range(new_tokens - 1):
+        token = engine.decode(token).argmax(dim=-1, keepdim=True)
+        out.append(token)
+        if after_token is not None:
+            after_token()
+    return torch.cat(out, dim=1)
+
+
+def measure_latency(engine: Engine, batch: int, prompt_len: int, new_tokens: int,
+                    warmup: int = 1, min_repeats: int = 3, min_time_s: float = 1.0,
+                    seed: int = 0) -> LatencyResult:
+    """Time greedy generation of `new_tokens` tokens after a `prompt_len`-token prompt for
+    `batch` sequences; see the module docstring for what one repeat is.
+
+    ttft_ms: prefill of the prompt until the first token exists.
+    tpot_ms: (total - ttft) / (N - 1) per repeat, as in MLPerf.
+    decode_step_ms: each single decode step (its own distribution: p50, p90, p99).
+    """
+    if batch < 1 or prompt_len < 1 or new_tokens < 2:
+        raise UserError(f"latency needs batch >= 1, prompt_len >= 1 and new_tokens >= 2 "
+                        f"(tpot is undefined for one token), got {batch}, {prompt_len}, "
+                        f"{new_tokens}; raise the values in the config")
+    if engine.max_positions and prompt_len + new_tokens > engine.max_positions:
+        raise UserError(f"prompt_len {prompt_len} + new_tokens {new_tokens} exceeds the "
+                        f"model's {engine.max_positions} positions; lower prompt_len or "
+                        "new_tokens in the config")
+    gen = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, engine.vocab_size, (batch, prompt_len), generator=gen)
+    clock = Clock(engine.device, engine.synchronize)
+
+    def one_repeat() -> list[float]:
+        engine.reset(batch, prompt_len + new_tokens)
+        engine.synchronize()
+        clock.mark()
+        greedy_generate(engine, prompt, new_tokens, after_token=clock.mark)
+        return clock.read()  # [ttft, step 1, ..., step N-1] in seconds
+
+    runs = repeat(one_repeat, warmup, min_repeats, min_time_s)
+    ttft = [r[0] * 1e3 for r in runs]
+    tpot = [sum(r[1:]) * 1e3 / (new_tokens - 1) for r in runs]
+    steps = [s * 1e3 for r in runs for s in r[1:]]
+    return LatencyResult(Stats(ttft, seed), Stats(tpot, seed), Stats(steps, seed), batch,
+                         prompt_len, new_tokens, warmup, min_repeats, min_time_s)

@@ -1,0 +1,98 @@
+"""Peak memory of this process (host) and of the CUDA caching allocator (device).
+
+Units: MB here means MiB (2**20 bytes), the unit `ps`, `top` and `/usr/bin/time` use.
+
+peak_rss_mb: the high-water mark of the resident set size, VmHWM in /proc/self/status.
+Linux can reset that mark: writing "5" to /proc/self/clear_refs sets VmHWM to the current
+RSS, which is how one process measures the peak of each phase (load, optimize, measure)
+separately.  Elsewhere the fallback is getrusage's ru_maxrss, the peak since the process
+started, which cannot be reset.  Reading /proc is measuring the process, not file output.
+
+peak_device_mb: `torch.cuda.max_memory_allocated` (bytes in live tensors) and
+`max_memory_reserved` (bytes the caching allocator holds) since the last reset.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+MIB = 1024 * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's RSS high-water mark to its current RSS; False where the OS
+    cannot (not Linux, or /proc/self/clear_refs not writable)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _vm_hwm_kib() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])  # "VmHWM:   123456 kB"
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB since the last `reset_peak_rss()`
+    (VmHWM), or since the process started where VmHWM is unavailable (ru_maxrss)."""
+    kib = _vm_hwm_kib()
+    if kib is not None:
+        return kib / 1024.0
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is KiB on Linux and the BSDs, bytes on macOS
+    return peak / MIB if sys.platform == "darwin" else peak / 1024.0
+
+
+def reset_peak_device(device: str) -> None:
+    """Reset the CUDA allocator's peak counters; nothing to do for other devices."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_device_mb(device: str) -> dict | None:
+    """{'allocated', 'reserved'}: peak MiB of the CUDA caching allocator since the last
+    `reset_peak_device`; None for devices without one (the CPU)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return {"allocated": torch.cuda.max_memory_allocated(device) / MIB,
+            "reserved": torch.cuda.max_memory_reserved(device) / MIB}
+
+
+@contextmanager
+def track_phase(device: str = "cpu") -> Iterator[dict]:
+    """Measure one phase: `with track_phase(dev) as phase: ...` fills `phase` on exit with
+    's' (wall seconds), 'peak_rss_mb' and 'peak_device_mb' of the code inside."""
+    phase: dict = {}
+    reset_peak_rss()
+    reset_peak_device(device)
+    start = time.perf_counter()
+    try:
+        yield phase
+    finally:
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(device)
+        phase["s"] = time.perf_counter() - start
+        phase["peak_rss_mb"] = peak_rss_mb()
+        phase["peak_device_mb"] = peak_device_mb(device)

@@ -1,0 +1,27 @@
+"""Machine ceilings: sanity only (timings vary by machine), and the exact derived rates."""
+
+import math
+import time
+
+from gpteval.measure.ceilings import (decode_bandwidth_gbs, matmul_gflops, memory_bandwidth_gbs,
+                                      percent_of, prefill_gflops)
+
+
+def test_memory_bandwidth_is_positive_and_quick():
+    start = time.perf_counter()
+    gbs = memory_bandwidth_gbs("cpu", nbytes=32 * 1024 * 1024)
+    assert math.isfinite(gbs) and gbs > 0
+    assert time.perf_counter() - start < 10  # generous: the machine is shared
+
+
+def test_matmul_throughput_is_positive():
+    gflops = matmul_gflops("cpu", n=256)
+    assert math.isfinite(gflops) and gflops > 0
+
+
+def test_derived_rates():
+    # 1e9 bytes of weights read every 10 ms: 100 steps/s * 1 GB = 100 GB/s
+    assert decode_bandwidth_gbs(10**9, 10.0) == 100.0
+    # 2 FLOPs * 1e6 params * 4 sequences * 125 tokens = 1e9 FLOPs in 0.5 s = 2 GFLOP/s
+    assert prefill_gflops(10**6, 4, 125, 500.0) == 2.0
+    assert percent_of(25.0, 200.0) == 12.5
