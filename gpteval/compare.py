@@ -1,0 +1,388 @@
+"""The CI gate: compare a current results.json with a baseline and say what regressed.
+
+Rules (each row of the output is one check):
+
+- **speed** (`decode_step_ms`, `ttft_ms`, optionally `tpot_ms`), from the RAW samples of both
+  runs: a regression needs a minimum effect (median ≥ `min_effect_pct` % slower, default 10)
+  AND statistical support: a one-sided Mann–Whitney U test p < `alpha` (default 0.01), or a
+  bootstrap CI (level 1 − 2·alpha) of the ratio of medians entirely above 1.  Improvements
+  mirror this.  `absolute = false` turns these off for runs from different machines.
+- **ratio** gates hold across machines because both numbers come from ONE run (current):
+  `[[ratio]] variant = "int8-dynamic", over = "eager", metric = "decode_tok_s", min = 3.0`;
+  with `tolerance_pct` the current ratio may fall at most that far below the baseline's ratio.
+  `speedup_tolerance_pct` applies that relative form to every variant's decode_tok_s over eager.
+- **quality** (ppl, bpb, top1_agree, kl_mean, next_token_acc, acc_<task>, …) is deterministic:
+  regressed when it worsens by more than max(abs, rel_pct % of the baseline).
+- a variant ok in the baseline but failed, skipped or absent now is a regression ('missing');
+  so is a gated metric the baseline has and the current run lacks.  New variants are listed.
+
+`CompareResult.exit_code` is 0 when nothing regressed, 1 otherwise; bad input is a UserError.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gpteval.errors import UserError, did_you_mean
+from gpteval.report import fmt
+from gpteval.report import results as R
+from gpteval.report.significance import bootstrap_ratio_ci, mann_whitney_u
+
+SPEED_METRICS = ("decode_step_ms", "tpot_ms", "ttft_ms")
+
+
+def _known_metric(name: str) -> bool:
+    return name in R.METRIC_ORDER or name.startswith("acc_")
+
+
+class Tolerance(BaseModel):
+    """How far a deterministic metric may worsen: by `abs` units or `rel_pct` % of the baseline
+    (the larger wins); `off = true` removes a default gate."""
+
+    model_config = ConfigDict(extra="forbid")
+    abs: float | None = Field(default=None, ge=0)
+    rel_pct: float | None = Field(default=None, ge=0)
+    off: bool = False
+
+    def allowed(self, baseline: float) -> float:
+        return max(self.abs or 0.0, (self.rel_pct or 0.0) / 100.0 * abs(baseline))
+
+    def describe(self, metric: str) -> str:
+        sign = "−" if R.higher_is_better(metric) else "+"
+        if self.rel_pct is not None and self.abs is None:
+            return f"limit {sign}{self.rel_pct:g} %"
+        parts = [f"{sign}{self.abs:g}"]
+        if self.rel_pct is not None:
+            parts.append(f"{sign}{self.rel_pct:g} %")
+        return "limit " + " or ".join(parts)
+
+
+class RatioGate(BaseModel):
+    """current[variant].metric / current[over].metric, inside one run: must be ≥ min / ≤ max, and
+    (tolerance_pct) not fall more than that below the baseline run's own ratio.  Checked on every
+    model × device of the current run unless `model` / `device` narrow it; where the variant or
+    `over` is not ok there, the row is 'missing', which fails the gate."""
+
+    model_config = ConfigDict(extra="forbid")
+    variant: str
+    over: str = R.REFERENCE_VARIANT
+    metric: str = "decode_tok_s"
+    min: float | None = None
+    max: float | None = None
+    tolerance_pct: float | None = Field(default=None, ge=0)
+    model: str | None = None
+    device: str | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v):
+        if not _known_metric(v):
+            raise ValueError(f"unknown metric {v!r}.{did_you_mean(v, R.METRIC_ORDER)}")
+        return v
+
+
+DEFAULT_QUALITY = {
+    "ppl": Tolerance(rel_pct=1.0), "bpb": Tolerance(rel_pct=1.0), "top1_agree": Tolerance(abs=0.01),
+    "kl_mean": Tolerance(abs=0.01), "next_token_acc": Tolerance(abs=0.01), "acc_*": Tolerance(abs=0.02),
+}
+
+
+class Gates(BaseModel):
+    """The gate settings (TOML via load_gates; Gates() is the default gate)."""
+
+    model_config = ConfigDict(extra="forbid")
+    absolute: bool = True
+    min_effect_pct: float = Field(default=10.0, ge=0)
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    speed_metrics: list[str] = ["decode_step_ms", "ttft_ms"]
+    reference: str = R.REFERENCE_VARIANT
+    speedup_tolerance_pct: float | None = Field(default=None, ge=0)
+    seed: int = 0
+    quality: dict[str, Tolerance] = Field(default_factory=lambda: dict(DEFAULT_QUALITY))
+    ratio: list[RatioGate] = Field(default_factory=list)
+
+    @field_validator("speed_metrics")
+    @classmethod
+    def _speed(cls, v):
+        for name in v:
+            if name not in SPEED_METRICS:
+                raise ValueError(f"unknown speed metric {name!r}; choose from {', '.join(SPEED_METRICS)}."
+                                 f"{did_you_mean(name, SPEED_METRICS)}")
+        return v
+
+    @field_validator("quality")
+    @classmethod
+    def _quality(cls, v):
+        for name in v:
+            if not (_known_metric(name) or name == "acc_*"):
+                hint = did_you_mean(name, list(R.METRIC_ORDER) + ["acc_*"])
+                raise ValueError(f"unknown metric {name!r}.{hint}")
+        return {**DEFAULT_QUALITY, **v}  # the user's entries override the defaults, key by key
+
+    def tolerance(self, metric: str) -> Tolerance | None:
+        tol = self.quality.get(metric) or next(
+            (t for p, t in self.quality.items() if "*" in p and fnmatch.fnmatch(metric, p)), None)
+        return None if tol is None or tol.off else tol
+
+
+def default_gates() -> Gates:
+    """The gate used when no gate file is given (the defaults documented on Gates)."""
+    return Gates()
+
+
+def load_gates(path) -> Gates:
+    """Read a gate TOML file; UserError naming the file and key for anything unknown or invalid."""
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such gate file; pass a TOML file or leave --gates out for the "
+                        "default gate.")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid TOML: {err}.") from None
+    try:
+        return Gates.model_validate(data)
+    except ValidationError as err:
+        raise UserError(f"{path}: {_first_error(err)}") from None
+
+
+def _first_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if e["type"] == "extra_forbidden":
+        where = e["loc"][:-1]
+        model = Tolerance if where[:1] == ("quality",) else RatioGate if where[:1] == ("ratio",) else Gates
+        return f"unknown key '{loc}'.{did_you_mean(e['loc'][-1], model.model_fields)}{more}"
+    return f"{loc}: {e['msg'].removeprefix('Value error, ')}{more}"
+
+
+@dataclass
+class Row:
+    """One compared number.  verdict: 'ok' | 'regressed' | 'improved' | 'missing'."""
+
+    model: str
+    variant: str
+    device: str
+    metric: str
+    baseline: float | str | None
+    current: float | str | None
+    delta_pct: float | None
+    verdict: str
+    reason: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in ("regressed", "missing")
+
+    def message(self) -> str:
+        """'REGRESSION bundled/int8-dynamic/cpu: ppl 3.91 → 4.11 (+5.1 %, limit +1 %)'."""
+        where = f"{self.model}/{self.variant}/{self.device}"
+        if self.verdict == "missing":
+            return f"REGRESSION {where}: {self.metric} missing: {self.reason}"
+        change = f"{_value(self.baseline)} → {_value(self.current)}"
+        delta = fmt.pct(self.delta_pct, 1) if self.delta_pct is not None else ""
+        detail = ", ".join(p for p in (delta, self.reason) if p)
+        kind = "REGRESSION" if self.failed else self.verdict.upper()
+        return f"{kind} {where}: {self.metric} {change} ({detail})"
+
+
+def _value(v) -> str:
+    return fmt.sig(v, 4) if isinstance(v, float) else fmt.DASH if v is None else str(v)
+
+
+@dataclass
+class CompareResult:
+    rows: list[Row]
+    gates: Gates
+    added: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    names: tuple[str, str] = ("baseline", "current")
+
+    @property
+    def regressed(self) -> list[Row]:
+        return [r for r in self.rows if r.failed]
+
+    @property
+    def improved(self) -> list[Row]:
+        return [r for r in self.rows if r.verdict == "improved"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.regressed else 0
+
+    def summary_lines(self) -> list[str]:
+        """One line per regression (then per improvement): what the CLI prints."""
+        return [r.message() for r in self.regressed + self.improved]
+
+    def render_markdown(self) -> str:
+        """The comparison as Markdown: verdict, regressions first (one line each), then every row."""
+        n = len(self.regressed)
+        head = f"**{n} regression{'s' if n != 1 else ''}**" if n else "**No regression**"
+        out = [f"# gpteval compare: {self.names[0]} → {self.names[1]}", "",
+               f"{head} in {len(self.rows)} checks; {len(self.improved)} improved.", ""]
+        if self.summary_lines():
+            out += [f"- {fmt.cell(line)}" for line in self.summary_lines()] + [""]
+        out += [f"Gate: {_describe(self.gates)}", ""]
+        order = {"regressed": 0, "missing": 0, "improved": 1, "ok": 2}
+        rows = sorted(self.rows, key=lambda r: order[r.verdict])  # stable: run order within a verdict
+        table = [[f"{r.model}/{r.variant}/{r.device}", r.metric, _value(r.baseline), _value(r.current),
+                  fmt.pct(r.delta_pct, 1), r.verdict, r.reason] for r in rows]
+        if table:
+            header = ["result", "metric", "baseline", "current", "Δ", "verdict", "reason"]
+            out += [fmt.md_table(header, table, align="llrrrll"), ""]
+        if self.added:
+            added = ", ".join(f"`{a}`" for a in self.added)
+            out += [f"New in the current run (reported, not gated): {added}", ""]
+        out += [f"> {note}" for note in self.notes]
+        return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _describe(gates: Gates) -> str:
+    parts = []
+    if gates.absolute:
+        parts.append(f"speed ({', '.join(gates.speed_metrics)}) regresses when the median is ≥ "
+                     f"{gates.min_effect_pct:g} % slower and Mann-Whitney p < {gates.alpha:g} or the "
+                     f"{100 * (1 - 2 * gates.alpha):g} % bootstrap CI of the median ratio is above 1")
+    else:
+        parts.append("absolute speed not compared")
+    parts.append("quality: " + ", ".join(f"{m} {t.describe(m).removeprefix('limit ')}"
+                                         for m, t in gates.quality.items() if not t.off))
+    ratios = [f"{g.variant}/{g.over} {g.metric}" for g in gates.ratio]
+    if ratios:
+        parts.append("ratio gates: " + ", ".join(ratios))
+    if gates.speedup_tolerance_pct is not None:
+        parts.append(f"speedup over {gates.reference} within {gates.speedup_tolerance_pct:g} % "
+                     "of the baseline's")
+    return "; ".join(parts) + "."
+
+
+def _speed_row(k, metric, base: list[float], cur: list[float], gates: Gates) -> Row:
+    ratio = statistics.median(cur) / statistics.median(base)
+    delta = (ratio - 1.0) * 100.0
+    slower = mann_whitney_u(cur, base, "greater").p
+    faster = mann_whitney_u(cur, base, "less").p
+    lo, hi = bootstrap_ratio_ci(cur, base, seed=gates.seed, level=1.0 - 2.0 * gates.alpha)
+    level = 100 * (1 - 2 * gates.alpha)
+    evidence = f"Mann-Whitney p={min(slower, faster):.2g}, {level:g} % CI {lo:.3f}–{hi:.3f}"
+    verdict = "ok"
+    if delta >= gates.min_effect_pct and (slower < gates.alpha or lo > 1.0):
+        verdict = "regressed"
+    elif delta <= -gates.min_effect_pct and (faster < gates.alpha or hi < 1.0):
+        verdict = "improved"
+    reason = f"median; limit +{gates.min_effect_pct:g} % and p < {gates.alpha:g}; {evidence}"
+    return Row(*k, metric, statistics.median(base), statistics.median(cur), delta, verdict, reason)
+
+
+def _quality_row(k, metric, b: float, c: float | None, tol: Tolerance) -> Row:
+    if c is None:
+        return Row(*k, metric, b, None, None, "missing", "measured in baseline, absent in current run")
+    worse = (b - c) if R.higher_is_better(metric) else (c - b)
+    allowed = tol.allowed(b)
+    verdict = "regressed" if worse > allowed + 1e-12 else "improved" if -worse > allowed + 1e-12 else "ok"
+    delta = (c / b - 1.0) * 100.0 if b else None
+    return Row(*k, metric, b, c, delta, verdict, tol.describe(metric))
+
+
+def _compare_variant(k, b: dict, c: dict, gates: Gates) -> list[Row]:
+    rows = []
+    for metric in gates.speed_metrics if gates.absolute else ():
+        base, cur = R.samples(b, metric), R.samples(c, metric)
+        if not base:
+            continue
+        if not cur:
+            rows.append(Row(*k, metric, statistics.median(base), None, None, "missing",
+                            f"no {metric} samples in the current run"))
+        else:
+            rows.append(_speed_row(k, metric, base, cur, gates))
+    for metric in R.metric_names([b]):
+        tol, base = gates.tolerance(metric), R.metric(b, metric)
+        if tol is not None and base is not None:
+            rows.append(_quality_row(k, metric, base, R.metric(c, metric), tol))
+    return rows
+
+
+def _ratio_rows(gate: RatioGate, baseline: dict, current: dict) -> list[Row]:
+    """One row per model × device of the current run that the gate applies to."""
+    def index(run):
+        return {R.key(e): e for e in run["results"] if e["status"] == "ok"}
+
+    cur, base = index(current), index(baseline)
+    groups = R.order_of_appearance((e["model"], e["device"]) for e in current["results"])
+    groups = [(m, d) for m, d in groups if (gate.model in (None, m)) and (gate.device in (None, d))]
+    name = f"{gate.metric} ratio over {gate.over}"
+    rows = []
+    for m, d in groups:
+        k = (m, gate.variant, d)
+        num = R.metric(cur.get(k, {}), gate.metric)
+        den = R.metric(cur.get((m, gate.over, d), {}), gate.metric)
+        if num is None or not den:
+            rows.append(Row(*k, name, None, None, None, "missing",
+                            f"needs ok '{gate.variant}' and '{gate.over}' with {gate.metric} "
+                            "in the current run"))
+            continue
+        ratio, problems = num / den, []
+        if gate.min is not None and ratio < gate.min:
+            problems.append(f"below min {gate.min:g}")
+        if gate.max is not None and ratio > gate.max:
+            problems.append(f"above max {gate.max:g}")
+        bnum = R.metric(base.get(k, {}), gate.metric)
+        bden = R.metric(base.get((m, gate.over, d), {}), gate.metric)
+        bratio = bnum / bden if bnum is not None and bden else None
+        delta = (ratio / bratio - 1.0) * 100.0 if bratio else None
+        tol = gate.tolerance_pct
+        if tol is not None and delta is not None:
+            worse = -delta if R.higher_is_better(gate.metric) else delta
+            if worse > tol:
+                problems.append(f"{worse:.1f} % worse than the baseline run's ratio, limit {tol:g} %")
+        limits = [f"min {gate.min:g}" if gate.min is not None else "",
+                  f"max {gate.max:g}" if gate.max is not None else "",
+                  "" if tol is None else f"within {tol:g} % of baseline ratio"]
+        reason = "; ".join(problems) if problems else "limit " + ", ".join(x for x in limits if x)
+        rows.append(Row(*k, name, bratio, ratio, delta, "regressed" if problems else "ok", reason))
+    return rows
+
+
+def compare(baseline: dict, current: dict, gates: Gates | None = None) -> CompareResult:
+    """Every check of `gates` on current against baseline (both validated results dicts)."""
+    gates = gates or Gates()
+    base = {R.key(e): e for e in baseline["results"]}
+    cur = {R.key(e): e for e in current["results"]}
+    rows: list[Row] = []
+    for k, b in base.items():
+        if b["status"] != "ok":
+            continue
+        c = cur.get(k)
+        if c is None or c["status"] != "ok":
+            now = "absent from the current run" if c is None else f"{c['status']} in the current run"
+            why = f": {c.get('reason')}" if c is not None and c.get("reason") else ""
+            rows.append(Row(*k, "status", "ok", c["status"] if c else None, None, "missing",
+                            f"ok in baseline, {now}{why}"))
+            continue
+        rows += _compare_variant(k, b, c, gates)
+    ratio_gates = list(gates.ratio)
+    if gates.speedup_tolerance_pct is not None:  # every variant ok in both runs, over the reference
+        ratio_gates += [RatioGate(model=m, variant=v, device=d, over=gates.reference,
+                                  tolerance_pct=gates.speedup_tolerance_pct)
+                        for (m, v, d), c in cur.items() if v != gates.reference and c["status"] == "ok"
+                        and base.get((m, v, d), {}).get("status") == "ok"]
+    for gate in ratio_gates:
+        rows += _ratio_rows(gate, baseline, current)
+    added = [R.label(k) for k, c in cur.items()
+             if c["status"] == "ok" and (k not in base or base[k]["status"] != "ok")]
+    notes = []
+    if not gates.absolute:
+        notes.append("Absolute speed was not compared (absolute = false): only ratios inside each run.")
+    elif (baseline.get("env") or {}).get("cpu") != (current.get("env") or {}).get("cpu"):
+        notes.append("The runs come from different CPUs; absolute speed differences may be the machine's. "
+                     "For cross-machine CI set absolute = false and gate on [[ratio]].")
+    names = ((baseline.get("run") or {}).get("name") or "baseline",
+             (current.get("run") or {}).get("name") or "current")
+    return CompareResult(rows, gates, added, notes, names)

@@ -1,0 +1,175 @@
+"""report.md: the page a person reads to choose a variant.
+
+Rendered from results.json alone, deterministically: the same results and budget always
+give the same bytes (no rendering time, no set or hash ordering, seeded bootstrap).
+"""
+
+from __future__ import annotations
+
+import json
+
+from gpteval.report import fmt
+from gpteval.report import results as R
+from gpteval.report.verdict import QualityBudget, recommendation_line, recommendations, summary_rows
+
+PLOTS = (
+    ("pareto", "Speed against quality: decode tok/s against the quality lost vs eager "
+               "(ppl Δ %, or KL when perplexity is not measured); the line joins the Pareto front."),
+    ("latency", "Distribution of single decode-step times per variant "
+                "(box: quartiles, whiskers: 1.5 IQR)."),
+    ("memory", "Peak resident memory of each variant's process and the size of its weights."),
+)
+
+# One line per metric: what the number means (DESIGN.md "Metric definitions").
+DEFINITIONS = (
+    ("decode tok/s", "batch × 1000 / median tpot_ms: generated tokens per second after the first."),
+    ("speedup", "decode tok/s over `eager` on the same model and device; 95 % CI by seeded bootstrap "
+                "(2,000 resamples) of the ratio of median tpot_ms."),
+    ("tpot_ms", "time per output token after the first, (total − ttft) / (N − 1), median of repeats."),
+    ("TTFT ms (ttft_ms)", "time from the call with the prompt to the first token's logits, median."),
+    ("decode_step_ms", "wall time of one decode step; p50/p90/p99 of all steps."),
+    ("peak RSS MB (peak_rss_mb)", "peak resident memory (VmHWM) of the variant's own process."),
+    ("weights MB (weights_mb)", "bytes of the weights the engine holds in memory, in MB (10⁶ bytes)."),
+    ("ppl", "token-level perplexity over the evaluation text, sliding window (context C, stride S, "
+            "only tokens beyond the overlap scored)."),
+    ("Δppl", "ppl relative to `eager` on the same model and device, in percent."),
+    ("bpb", "bits per byte of the same text: total NLL / ln 2 / bytes; comparable across tokenizers."),
+    ("next_token_acc", "top-1 next-token accuracy over the same text."),
+    ("top-1 (top1_agree)", "fraction of positions where the variant's argmax token equals `eager`'s."),
+    ("KL (kl_mean)", "mean KL(eager ‖ variant) of the next-token distributions, in nats."),
+    ("max_abs_logit_diff", "largest absolute logit difference from `eager`."),
+    ("roofline %", "achieved weight bandwidth (weight bytes × decode steps/s) over the measured memory "
+                   "copy bandwidth of this machine."),
+    ("acc_<task>", "task accuracy from a local JSONL file (last-word cloze, or multiple choice by "
+                   "log-likelihood)."),
+    ("verdict", "accepted when within the quality budget; the recommendation is the fastest "
+                "accepted variant."),
+)
+
+SUMMARY_HEADER = ["variant", "device", "status", "decode tok/s", "speedup vs eager (95 % CI)", "TTFT ms",
+                  "peak RSS MB", "weights MB", "ppl", "Δppl", "top-1", "KL", "roofline %", "verdict"]
+
+
+def _speedup_cell(row: dict) -> str:
+    if row["speedup"] is None:
+        return fmt.DASH
+    text = f"{row['speedup']:.2f}×"
+    if row["speedup_lo"] is not None:
+        text += f" ({row['speedup_lo']:.2f}–{row['speedup_hi']:.2f})"
+    return text
+
+
+def _verdict_cell(row: dict) -> str:
+    if row["status"] != "ok":
+        return fmt.DASH
+    if row["verdict"] in ("rejected", "unjudged"):
+        return f"{row['verdict']}: {row['verdict_reason']}"
+    if row["verdict"] == "accepted" and "top-1 agreement only" in row["verdict_reason"]:
+        return "accepted (top-1 only)"
+    return row["verdict"]
+
+
+def summary_cells(row: dict) -> list[str]:
+    """The cells of one summary row, in SUMMARY_HEADER order (also used by the terminal table)."""
+    variant = f"**{row['variant']}**" if row["recommended"] else row["variant"]
+    return [variant, row["device"], row["status"], fmt.num(row["decode_tok_s"], 1), _speedup_cell(row),
+            fmt.num(row["ttft_ms"], 2), fmt.num(row["peak_rss_mb"], 0), fmt.num(row["weights_mb"], 1),
+            fmt.num(row["ppl"], 3), fmt.pct(row["ppl_delta_pct"], 2), fmt.num(row["top1_agree"], 3),
+            fmt.sig(row["kl_mean"], 3), fmt.num(row["roofline_pct"], 1), _verdict_cell(row)]
+
+
+def _distinct(entries: list[dict], block: str) -> list[dict]:
+    """The distinct non-empty `block` dicts of the ok entries, in order of first appearance."""
+    texts = R.order_of_appearance(json.dumps(e.get(block) or {}, sort_keys=True)
+                                  for e in entries if e["status"] == "ok")
+    return [p for p in map(json.loads, texts) if p]
+
+
+def _protocols(entries: list[dict]) -> list[str]:
+    lines = []
+    for p in _distinct(entries, "latency_protocol"):
+        lines.append(
+            f"Latency protocol: batch {p.get('batch')}, prompt {p.get('prompt_len')} tokens, "
+            f"{p.get('new_tokens')} new tokens, greedy; {p.get('warmup')} warm-up run(s), then repeats "
+            f"until ≥ {p.get('min_repeats')} and ≥ {p.get('min_time_s')} s.")
+    for p in _distinct(entries, "quality_protocol"):
+        sha = str(p.get("text_sha256") or "")[:12]
+        lines.append(f"Quality protocol: context {p.get('context')}, stride {p.get('stride')}, "
+                     f"{fmt.num(p.get('n_tokens'))} tokens of text (sha256 {sha}…).")
+    return lines
+
+
+def _model_section(model: str, rows: list[dict], entries: list[dict]) -> list[str]:
+    table = fmt.md_table(SUMMARY_HEADER, [summary_cells(r) for r in rows], align="lll" + "r" * 10 + "l")
+    out = [f"## Model `{model}`", "", table, ""]
+    for (m, device), best in recommendations(rows).items():
+        out.append(f"**Recommendation ({m}, {device}):** {recommendation_line(m, device, best)}.")
+        out.append("")
+    out += [line + "\n" for line in _protocols(entries)]
+    return out
+
+
+def _environment(env: dict) -> str:
+    rows = []
+    for k in ("cpu", "cores", "threads", "ram_gb", "os", "python", "git_commit"):
+        if env.get(k) is not None:
+            rows.append([k, str(env[k])])
+    packages = env.get("packages") or {}
+    if packages:
+        rows.append(["packages", ", ".join(f"{k} {v}" for k, v in packages.items() if v)])
+    gpu = env.get("gpu")
+    if isinstance(gpu, dict):
+        rows.append(["gpu", ", ".join(f"{k}: {v}" for k, v in gpu.items())])
+    else:
+        rows.append(["gpu", str(gpu or "none")])
+    for device, ceil in (env.get("ceilings") or {}).items():
+        if isinstance(ceil, dict):
+            rows.append([f"ceilings ({device})", ", ".join(
+                f"{k} {fmt.num(v, 1) if isinstance(v, (int, float)) else v}" for k, v in ceil.items())])
+    known = {"cpu", "cores", "threads", "ram_gb", "os", "python", "git_commit", "packages", "gpu",
+             "ceilings"}
+    for k, v in env.items():
+        if k not in known and v is not None:
+            rows.append([k, str(v)])
+    return fmt.md_table(["", "value"], rows, align="ll")
+
+
+def render_markdown(results: dict, budget: QualityBudget | None = None, plots: bool = True) -> str:
+    """report.md for a validated results dict; byte-for-byte deterministic.  plots=False leaves
+    out the links to plots/*.png (for a report written without them)."""
+    budget = budget or QualityBudget()
+    run = results.get("run") or {}
+    entries = results["results"]
+    rows = summary_rows(results, budget)
+    name = run.get("name") or "unnamed run"
+    out = [f"# gpteval report: {name}", ""]
+    facts = [f"gpteval {run['gpteval_version']}" if run.get("gpteval_version") else None,
+             f"started {run['started']}" if run.get("started") else None,
+             f"finished {run['finished']}" if run.get("finished") else None]
+    if any(facts):
+        out += [" · ".join(f for f in facts if f), ""]
+    if run.get("interrupted"):
+        out += ["> **Interrupted run:** some variants were not measured; the tables show what finished.",
+                ""]
+    out += [f"Quality budget: {budget.describe()} (same model, same device). "
+            "Rows are sorted by decode speed; the recommended variant is in bold.", ""]
+    if not entries:
+        out += ["No results were recorded.", ""]
+    for model in R.order_of_appearance(e["model"] for e in entries):
+        out += _model_section(model, [r for r in rows if r["model"] == model],
+                              [e for e in entries if e["model"] == model])
+    if plots and any(e["status"] == "ok" for e in entries):
+        out += ["## Plots", ""]
+        for stem, caption in PLOTS:
+            out += [f"![{stem}](plots/{stem}.png)", "", caption, ""]
+    not_ok = [e for e in entries if e["status"] != "ok"]
+    out += ["## Skipped and failed", ""]
+    out += [f"- `{R.label(e)}` **{e['status']}**: {fmt.cell(e.get('reason') or 'no reason recorded')}"
+            for e in not_ok] or (["None: every variant ran."] if entries else ["None."])
+    out += ["", "## Metric definitions", ""]
+    out += [f"- **{term}**: {text}" for term, text in DEFINITIONS]
+    out += ["", "## Environment", "", _environment(results.get("env") or {}), ""]
+    config = run.get("config")
+    if config:
+        out += ["## Configuration (resolved)", "", "```toml", fmt.to_toml(config), "```", ""]
+    return "\n".join(out).rstrip("\n") + "\n"

@@ -1,0 +1,203 @@
+"""The compare gate: statistics from raw samples, ratio gates inside one run, quality tolerances."""
+
+import copy
+
+import numpy as np
+import pytest
+from tests.test_report_fixtures import make_results
+
+from gpteval.compare import Gates, RatioGate, compare, load_gates
+from gpteval.errors import UserError
+from gpteval.report.significance import bootstrap_ratio_ci, mann_whitney_u
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    return make_results(0)
+
+
+def _rows(result, variant=None, metric=None, verdict=None):
+    return [r for r in result.rows if (variant is None or r.variant == variant)
+            and (metric is None or r.metric == metric) and (verdict is None or r.verdict == verdict)]
+
+
+def test_identical_runs_pass(baseline):
+    result = compare(baseline, copy.deepcopy(baseline))
+    assert result.exit_code == 0 and result.regressed == [] and result.improved == []
+    assert _rows(result, "int8-dynamic", "decode_step_ms")  # speed was actually compared
+
+
+def test_thirty_percent_slower_decode_is_a_named_regression(baseline):
+    result = compare(baseline, make_results(1, slow={"int8-dynamic": 1.3}))
+    assert result.exit_code == 1
+    assert {(r.variant, r.metric) for r in result.regressed} == {("int8-dynamic", "decode_step_ms"),
+                                                                ("int8-dynamic", "ttft_ms")}
+    line = next(m for m in result.summary_lines() if "decode_step_ms" in m)
+    assert line.startswith("REGRESSION bundled/int8-dynamic/cpu: decode_step_ms ")
+    assert "+3" in line and "Mann-Whitney" in line  # ~+30 % and the evidence
+
+
+def test_ppl_five_percent_higher_is_a_regression_naming_ppl(baseline):
+    result = compare(baseline, make_results(1, ppl_factor={"int8-dynamic": 1.05}))
+    assert [(r.variant, r.metric) for r in result.regressed] == [("int8-dynamic", "ppl"),
+                                                                ("int8-dynamic", "bpb")]
+    assert result.regressed[0].message() == (
+        "REGRESSION bundled/int8-dynamic/cpu: ppl 3.93 → 4.127 (+5.0 %, limit +1 %)")
+
+
+def test_two_percent_noise_is_not_a_regression(baseline):
+    result = compare(baseline, make_results(7, machine_slow=1.02))
+    assert result.exit_code == 0, result.summary_lines()
+
+
+def test_significant_but_small_effect_is_not_a_regression():
+    # 3 % slower with almost no noise: Mann-Whitney is sure, but 3 % < the 10 % minimum effect
+    base, cur = make_results(0, noise=0.002), make_results(1, noise=0.002, machine_slow=1.03)
+    result = compare(base, cur)
+    row = _rows(result, "eager", "decode_step_ms")[0]
+    assert mann_whitney_u(cur["results"][0]["samples"]["decode_step_ms"],
+                          base["results"][0]["samples"]["decode_step_ms"]).p < 1e-6
+    assert row.verdict == "ok" and result.exit_code == 0
+
+
+def test_large_effect_without_statistical_support_is_not_a_regression():
+    base, cur = make_results(0, variants=["eager"]), make_results(0, variants=["eager"])
+    base["results"][0]["samples"]["decode_step_ms"] = [10.0, 14.0, 10.0, 14.0, 10.0]
+    cur["results"][0]["samples"]["decode_step_ms"] = [14.0, 10.0, 14.0, 10.0, 14.0]  # median +40 %
+    row = _rows(compare(base, cur), "eager", "decode_step_ms")[0]
+    assert row.delta_pct == pytest.approx(40.0) and row.verdict == "ok"
+
+
+def test_faster_is_improved_not_failed(baseline):
+    result = compare(baseline, make_results(1, slow={"bf16": 0.7}))
+    assert result.exit_code == 0
+    assert {r.metric for r in result.improved if r.variant == "bf16"} == {"decode_step_ms", "ttft_ms"}
+
+
+def test_ratio_gate_fails_when_int8_speedup_drops_below_min(baseline):
+    gates = Gates(absolute=False, ratio=[RatioGate(variant="int8-dynamic", over="eager", min=3.0)])
+    assert compare(baseline, make_results(1), gates).exit_code == 0  # ~3.1× holds
+    result = compare(baseline, make_results(1, slow={"int8-dynamic": 1.3}), gates)
+    assert result.exit_code == 1 and len(result.regressed) == 1
+    message = result.regressed[0].message()
+    assert "int8-dynamic" in message and "decode_tok_s ratio over eager" in message
+    assert "below min 3" in message
+
+
+def test_ratio_gates_hold_when_the_whole_machine_is_twice_slower(baseline):
+    other_machine = make_results(1, machine_slow=2.0)
+    other_machine["env"]["cpu"] = "Slower CPU"
+    gates = Gates(absolute=False, speedup_tolerance_pct=25,
+                  ratio=[RatioGate(variant="int8-dynamic", min=3.0)])
+    result = compare(baseline, other_machine, gates)
+    assert result.exit_code == 0, result.summary_lines()
+    assert len(_rows(result, metric="decode_tok_s ratio over eager")) == 4  # 1 min gate + 3 tolerance
+    assert not _rows(result, metric="decode_step_ms")  # absolute speed not compared
+    # the same data with absolute comparison on fails, and the note says why
+    absolute = compare(baseline, other_machine)
+    assert absolute.exit_code == 1 and "different CPUs" in absolute.render_markdown()
+
+
+def test_speedup_tolerance_flags_a_collapsed_speedup(baseline):
+    result = compare(baseline, make_results(1, slow={"int8-dynamic": 1.6}),
+                     Gates(absolute=False, speedup_tolerance_pct=25))
+    assert [(r.variant, r.metric) for r in result.regressed] == [
+        ("int8-dynamic", "decode_tok_s ratio over eager")]
+
+
+def test_missing_or_failed_variant_is_a_regression_and_new_ones_are_reported(baseline):
+    without_int8 = ["eager", "bf16", "prune-structured:0.5", "tensorrt", "onnx+ort-int8"]
+    current = make_results(1, variants=without_int8)
+    result = compare(baseline, current)
+    assert [(r.variant, r.verdict) for r in result.regressed] == [("int8-dynamic", "missing")]
+    assert "REGRESSION bundled/int8-dynamic/cpu" in result.summary_lines()[0]
+    failed = copy.deepcopy(baseline)
+    failed["results"][2].update(status="failed", reason="segfault in worker")
+    assert "segfault in worker" in compare(baseline, failed).regressed[0].reason
+    renamed = copy.deepcopy(baseline)
+    renamed["results"][2]["variant"] = "int8-weight-only"
+    result = compare(baseline, renamed)
+    assert result.added == ["bundled/int8-weight-only/cpu"] and len(result.regressed) == 1
+
+
+def test_gated_metric_missing_in_current_is_flagged(baseline):
+    current = copy.deepcopy(baseline)
+    current["results"][0]["metrics"]["ppl"] = None
+    assert [(r.variant, r.metric, r.verdict) for r in compare(baseline, current).regressed] == [
+        ("eager", "ppl", "missing")]
+
+
+def test_markdown_lists_regressions_first(baseline):
+    text = compare(baseline, make_results(1, ppl_factor={"bf16": 1.05})).render_markdown()
+    assert "**2 regressions**" in text
+    table = text[text.index("| result |"):]
+    assert table.splitlines()[2].startswith("| bundled/bf16/cpu | ppl | 3.905 | 4.1 | +5.0 % | regressed")
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+SAMPLES = [
+    ([1.0, 2.0, 3.0, 4.0, 5.0], [3.0, 4.0, 5.0, 6.0, 7.0, 8.0]),
+    ([10.1, 10.1, 10.3, 10.2, 10.1, 10.4, 10.2], [10.1, 10.5, 10.5, 10.3, 10.6, 10.1]),  # ties across sides
+    (list(np.random.default_rng(3).normal(10, 1, 40)), list(np.random.default_rng(4).normal(10.5, 1, 35))),
+]
+
+
+@pytest.mark.parametrize("x, y", SAMPLES)
+@pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
+def test_mann_whitney_matches_scipy(x, y, alternative):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    ours = mann_whitney_u(x, y, alternative)
+    ref = scipy_stats.mannwhitneyu(x, y, alternative=alternative, method="asymptotic", use_continuity=True)
+    assert ours.p == pytest.approx(ref.pvalue, abs=1e-6)
+    assert ours.u == pytest.approx(ref.statistic if alternative != "two-sided" else ours.u)
+    if alternative == "greater":
+        assert ours.u == pytest.approx(ref.statistic)
+
+
+def test_mann_whitney_identical_samples_give_p_one():
+    assert mann_whitney_u([5.0] * 4, [5.0] * 6).p == 1.0
+
+
+def test_bootstrap_ratio_ci_is_seeded_and_brackets_the_ratio():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(20, 1, 50), rng.normal(10, 0.5, 50)
+    lo, hi = bootstrap_ratio_ci(a, b, seed=1)
+    assert (lo, hi) == bootstrap_ratio_ci(a, b, seed=1)
+    assert lo < np.median(a) / np.median(b) < hi and 1.8 < lo and hi < 2.2
+
+
+# --- gate files -------------------------------------------------------------------------------
+
+
+def test_load_gates_reads_toml_and_keeps_default_tolerances(tmp_path):
+    path = tmp_path / "gates.toml"
+    path.write_text('absolute = false\nspeedup_tolerance_pct = 25\n[quality.ppl]\nrel_pct = 3\n'
+                    '[quality.kl_mean]\noff = true\n'
+                    '[[ratio]]\nvariant = "int8-dynamic"\nover = "eager"\n'
+                    'metric = "decode_tok_s"\nmin = 3.0\n')
+    gates = load_gates(path)
+    assert gates.absolute is False and gates.ratio[0].min == 3.0
+    assert gates.tolerance("ppl").rel_pct == 3 and gates.tolerance("bpb").rel_pct == 1.0
+    assert gates.tolerance("kl_mean") is None and gates.tolerance("acc_lambada").abs == 0.02
+
+
+@pytest.mark.parametrize("text, words", [
+    ("absolut = false\n", ["gates.toml", "absolut", "Did you mean: absolute"]),
+    ('[quality.pll]\nrel_pct = 1\n', ["gates.toml", "pll", "Did you mean: ppl"]),
+    ('[[ratio]]\nvariant = "x"\nminimum = 3\n', ["ratio.0.minimum", "Did you mean: min"]),
+    ("absolute = [\n", ["gates.toml", "not valid TOML"]),
+    ('speed_metrics = ["decode_ms"]\n', ["decode_ms", "decode_step_ms"]),
+])
+def test_bad_gate_files_are_user_errors(tmp_path, text, words):
+    path = tmp_path / "gates.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        load_gates(path)
+    assert all(w in str(err.value) for w in words), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_gate_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="nope.toml"):
+        load_gates(tmp_path / "nope.toml")
