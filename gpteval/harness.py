@@ -144,7 +144,11 @@ class JobRunner:
         self.stop_requested = False
 
     def stop(self) -> None:
+        """Interrupt: kill the job in progress and record nothing for it."""
         self.stop_requested = True
+        self._kill()
+
+    def _kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -169,10 +173,10 @@ class JobRunner:
             timed_out = False
             while self.proc.poll() is None:
                 if self.stop_requested:
-                    self.stop()
+                    self._kill()
                 elif time.monotonic() - t0 > timeout_s:
                     timed_out = True
-                    self.stop()
+                    self._kill()
                 time.sleep(0.05)
             rc = self.proc.wait()
             reader.join(timeout=2)

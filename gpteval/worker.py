@@ -14,7 +14,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -25,6 +24,9 @@ from .data_sources import eval_ids, load_task_items
 from .engine import TorchEngine
 from .errors import UserError
 from .weights import load_model
+
+
+MB = 2 ** 20  # every *_mb in results.json is MiB, the unit /proc and /usr/bin/time use
 
 
 def _announce(phase: str) -> None:
@@ -49,16 +51,10 @@ def _windows(ids: torch.Tensor, context: int, limit: int) -> list[torch.Tensor]:
 
 def _greedy(engine, prompt: torch.Tensor, n: int) -> list[int]:
     """n greedy tokens after prompt (1, P) through the engine's own prefill/decode path."""
+    from .measure.latency import greedy_generate
+
     engine.reset(1, prompt.shape[1] + n)
-    logits = engine.prefill(prompt)[:, -1, :]
-    out: list[int] = []
-    for i in range(n):
-        _check_finite(logits, "decode")
-        nxt = logits.argmax(dim=-1, keepdim=True)
-        out.append(int(nxt.item()))
-        if i + 1 < n:
-            logits = engine.decode(nxt)
-    return out
+    return greedy_generate(engine, prompt, n)[0].tolist()
 
 
 def run_job(job: dict) -> dict:
@@ -158,26 +154,22 @@ def run_job(job: dict) -> dict:
     result["latency_protocol"] = {k: lat[k] for k in lat}
 
     weights_bytes = engine.nbytes()
-    m["weights_mb"] = weights_bytes / 1e6
+    m["weights_mb"] = weights_bytes / MB
     files = [Path(f) for f in engine.artifact_files()]
-    m["artifact_mb"] = sum(f.stat().st_size for f in files if f.is_file()) / 1e6 if files else None
+    m["artifact_mb"] = sum(f.stat().st_size for f in files if f.is_file()) / MB if files else None
     m["optimize_s"] = optimize_s
     ceil = job.get("ceilings") or {}
-    steps_per_s = 1000.0 / m["tpot_ms"] if m["tpot_ms"] else None
-    if steps_per_s:
-        m["bandwidth_gbs"] = weights_bytes * steps_per_s / 1e9
-        bw = ceil.get("memory_bandwidth_gbs")
-        m["roofline_pct"] = 100.0 * m["bandwidth_gbs"] / bw if bw else None
-    n_params = job.get("n_params") or 0
-    gflops = ceil.get("matmul_gflops")
-    if gflops and m["ttft_ms"]:
-        prefill_flops = 2.0 * n_params * lat["batch"] * lat["prompt_len"]
-        m["flops_pct"] = 100.0 * prefill_flops / (m["ttft_ms"] / 1000.0) / (gflops * 1e9)
+    m["bandwidth_gbs"] = ceilings.decode_bandwidth_gbs(weights_bytes, m["tpot_ms"])
+    bw, gflops = ceil.get("memory_bandwidth_gbs"), ceil.get("matmul_gflops")
+    m["roofline_pct"] = ceilings.percent_of(m["bandwidth_gbs"], bw) if bw else None
+    achieved = ceilings.prefill_gflops(job.get("n_params") or 0, lat["batch"], lat["prompt_len"],
+                                       m["ttft_ms"])
+    m["flops_pct"] = ceilings.percent_of(achieved, gflops) if gflops else None
 
     # ---- quality (trained weights only) -----------------------------------------------
     result["quality_protocol"] = {"context": q["context"], "stride": q["stride"],
                                   "text": q["text"], "text_sha256": text_sha,
-                                  "n_tokens": int(len(text_ids))}
+                                  "n_tokens": int(min(len(text_ids), q["max_tokens"] or len(text_ids)))}
     if loaded.trained:
         ids = text_ids[: q["max_tokens"]] if q["max_tokens"] else text_ids
         qr = quality.perplexity(engine, ids, min(q["context"], engine.max_positions),
@@ -221,18 +213,12 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, allow_nan=False, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Strict JSON (NaN/inf become null), written atomically: temp file + rename, so a crash
+    at any moment leaves the previous complete file."""
+    from .report.results import write_text_atomic
+
+    text = json.dumps(_sanitize(data), indent=2, allow_nan=False, default=_json_default)
+    write_text_atomic(path, text + "\n")
 
 
 def _json_default(o):
@@ -266,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         result = {**base, "status": "failed", "reason": failure_reason(exc), "metrics": {}}
         print(traceback.format_exc(), file=sys.stderr, flush=True)
-    write_json_atomic(out_path, _sanitize(result))
+    write_json_atomic(out_path, result)
     return 0
 
 

@@ -118,10 +118,28 @@ def test_results_json_write_is_atomic(tmp_path, monkeypatch):
     class Boom(Exception):
         pass
 
-    def broken_dump(*a, **k):
+    def broken_write(f, data):
+        f.write(data[:5])  # half a file, then the crash
         raise Boom()
 
-    monkeypatch.setattr(json, "dump", broken_dump)
+    import gpteval.report.results as rr
+
+    real_fdopen = rr.os.fdopen
+
+    class HalfFile:
+        def __init__(self, *a, **k):
+            self.f = real_fdopen(*a, **k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            broken_write(self.f, data)
+
+    monkeypatch.setattr(rr.os, "fdopen", HalfFile)
     with pytest.raises(Boom):
         write_json_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}
