@@ -1,0 +1,164 @@
+"""`OrtEngine`: gpteval's Engine interface over an ONNX Runtime InferenceSession.
+
+It runs the decode-step graph that `optimizers/onnx.py` exports (inputs `input_ids`
+(B, T) and `past_{key,value}_{i}` (B, nh, past_len, hs); outputs `logits` (B, T, V) and
+`present_{key,value}_{i}`), and the int8/int4 rewrites of it.  onnxruntime is imported
+inside functions only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from gpteval.engine import Engine
+
+
+class OrtEngine(Engine):
+    """The exported graph run by an ONNX Runtime InferenceSession.
+
+    The KV cache is the graph's own present outputs fed back as the next past: OrtValues
+    kept where the provider computes them (IO binding), so a CUDA session keeps its cache
+    on the GPU and a CPU session never copies it through numpy.
+    """
+
+    backend = "onnx"
+
+    def __init__(self, model_path: Path, device: str, vocab_size: int, max_positions: int,
+                 dtype: str = "float32", notes: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.model_path = Path(model_path)
+        self.device = device
+        self.vocab_size = vocab_size
+        self.max_positions = max_positions
+        self.dtype = dtype
+        self.notes = list(notes or [])
+        kind, _, index = device.partition(":")
+        self._ort_device = "cuda" if kind == "cuda" else "cpu"
+        self._device_id = int(index or 0) if kind == "cuda" else 0
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.threads = torch.get_num_threads()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3  # errors only; ORT warns about every unused initializer
+        if kind == "cuda":
+            providers = [("CUDAExecutionProvider", {"device_id": self._device_id}),
+                         "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        t0 = time.perf_counter()
+        self.session = ort.InferenceSession(str(self.model_path), so, providers=providers)
+        self.session_s = time.perf_counter() - t0
+        self.provider = self.session.get_providers()[0]
+        if kind == "cuda" and self.provider != "CUDAExecutionProvider":
+            raise RuntimeError(f"onnxruntime could not start CUDAExecutionProvider for {device} "
+                               f"(got {self.provider}); check onnxruntime-gpu and CUDA versions")
+        inputs = self.session.get_inputs()
+        self._past_names = [i.name for i in inputs if i.name.startswith("past_")]
+        self._kv_shapes = [(i.shape[1], i.shape[3]) for i in inputs if i.name.startswith("past_")]
+        self._output_names = [o.name for o in self.session.get_outputs()]
+        self._past: list = []
+        self._pos = 0
+        self._max_len = 0
+
+    # -- the cache
+    def _empty_past(self, batch: int) -> list:
+        import numpy as np
+        from onnxruntime import OrtValue
+
+        return [OrtValue.ortvalue_from_numpy(np.zeros((batch, nh, 0, hs), np.float32),
+                                             self._ort_device, self._device_id)
+                for nh, hs in self._kv_shapes]
+
+    def reset(self, batch: int, max_len: int) -> None:
+        if max_len > self.max_positions:
+            raise ValueError(f"max_len {max_len} exceeds n_positions={self.max_positions}")
+        self._past = self._empty_past(batch)
+        self._pos = 0
+        self._max_len = max_len
+
+    def _run(self, ids: torch.Tensor, past: list) -> tuple[torch.Tensor, list]:
+        ids_np = ids.detach().to("cpu", torch.int64).contiguous().numpy()
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids_np)
+        for name, value in zip(self._past_names, past):
+            binding.bind_ortvalue_input(name, value)
+        for name in self._output_names:
+            binding.bind_output(name, self._ort_device, self._device_id)
+        self.session.run_with_iobinding(binding)
+        outs = binding.get_outputs()
+        logits = torch.from_numpy(outs[0].numpy())
+        if self.device != "cpu":
+            logits = logits.to(self.device)
+        return logits.float(), outs[1:]
+
+    def _check_room(self, new: int) -> None:
+        limit = self._max_len or self.max_positions
+        if self._pos + new > limit:
+            raise ValueError(f"{self._pos} cached + {new} new tokens exceed the cache length "
+                             f"{limit}; call reset() with a larger max_len")
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        self._pos = 0
+        self._check_room(ids.shape[1])
+        logits, self._past = self._run(ids, self._empty_past(ids.shape[0]))
+        self._pos = ids.shape[1]
+        return logits
+
+    def decode(self, token: torch.Tensor) -> torch.Tensor:
+        self._check_room(1)
+        logits, self._past = self._run(token.reshape(-1, 1), self._past)
+        self._pos += 1
+        return logits[:, -1, :]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits: a prefill with an empty past, leaving the cache alone."""
+        if ids.shape[1] > self.max_positions:
+            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds "
+                             f"n_positions={self.max_positions}")
+        return self._run(ids, self._empty_past(ids.shape[0]))[0]
+
+    # -- what ran
+    def nbytes(self) -> int:
+        return initializer_nbytes(self.model_path)
+
+    def artifact_files(self) -> list[str]:
+        files = [self.model_path, self.model_path.with_name(self.model_path.name + ".data")]
+        return [str(f) for f in files if f.exists()]
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "device": self.device, "dtype": self.dtype,
+                "notes": self.notes + [f"onnxruntime {_ort_version()} {self.provider}, graph "
+                                       f"optimization ALL, {self.threads} intra-op "
+                                       "threads"]}
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def initializer_nbytes(path: Path) -> int:
+    """Bytes of the initializers (weights) of an ONNX file, external data included, without
+    loading the weights."""
+    import numpy as np
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    model = onnx.load(str(path), load_external_data=False)
+    total = 0
+    for t in model.graph.initializer:
+        ext = {e.key: e.value for e in t.external_data}
+        if "length" in ext:
+            total += int(ext["length"])
+        elif t.raw_data:
+            total += len(t.raw_data)
+        else:
+            total += math.prod(t.dims) * np.dtype(tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    return total
