@@ -23,18 +23,19 @@ from .weights import save_checkpoint
 @dataclass
 class TrainConfig:
     preset: str = "tiny"
-    steps: int = 3000
-    batch_size: int = 32
+    steps: int = 1000
+    batch_size: int = 16
     block_size: int = 256
-    lr: float = 2e-3
+    lr: float = 3e-3
     min_lr_frac: float = 0.1
-    warmup: int = 100
+    warmup: int = 50
     weight_decay: float = 0.1
     dropout: float = 0.1
     grad_clip: float = 1.0
-    eval_every: int = 250
+    eval_every: int = 100
     seed: int = 1337
     threads: int = 0  # 0: torch's default
+    eval_tokens: int = 0  # score at most this many tokens of validation/test (0: all)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -53,8 +54,10 @@ def _batch(data: torch.Tensor, cfg: TrainConfig, gen: torch.Generator):
 
 
 @torch.no_grad()
-def eval_loss(model: GPT, data: torch.Tensor, block: int) -> float:
+def eval_loss(model: GPT, data: torch.Tensor, block: int, max_tokens: int = 0) -> float:
     """Mean next-byte cross-entropy (nats) over non-overlapping windows of `data`."""
+    if max_tokens:
+        data = data[: max_tokens + 1]
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(data) - 1, block):
@@ -99,7 +102,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, log=print) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            vl = eval_loss(model, val_ids, cfg.block_size)
+            vl = eval_loss(model, val_ids, cfg.block_size, cfg.eval_tokens)
             elapsed = time.perf_counter() - t0
             history.append({"step": step + 1, "train_loss": loss.item(), "val_loss": vl,
                             "val_bpb": vl / math.log(2), "minutes": elapsed / 60})
@@ -109,7 +112,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, log=print) -> dict:
     model.config.dropout = 0.0
     model.config.name = cfg.preset
     test_ids = torch.tensor(tok.encode(corpus.split_text("test")), dtype=torch.long)
-    test_loss = eval_loss(model, test_ids, cfg.block_size)
+    test_loss = eval_loss(model, test_ids, cfg.block_size, cfg.eval_tokens)
     meta = {
         "trained": True,
         "train_config": asdict(cfg),
