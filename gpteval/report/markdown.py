@@ -28,8 +28,10 @@ DEFINITIONS = (
     ("tpot_ms", "time per output token after the first, (total − ttft) / (N − 1), median of repeats."),
     ("TTFT ms (ttft_ms)", "time from the call with the prompt to the first token's logits, median."),
     ("decode_step_ms", "wall time of one decode step; p50/p90/p99 of all steps."),
-    ("peak RSS MB (peak_rss_mb)", "peak resident memory (VmHWM) of the variant's own process."),
-    ("weights MB (weights_mb)", "bytes of the weights the engine holds in memory, in MB (10⁶ bytes)."),
+    ("peak RSS MB (peak_rss_mb)", "peak resident memory (VmHWM) of the variant's own process "
+     "while it is measured (after loading and optimizing), MiB (2²⁰ bytes)."),
+    ("weights MB (weights_mb)", "bytes of the weights the engine holds in memory (what one "
+     "decode step reads), MiB (2²⁰ bytes); artifact_mb likewise for exported files."),
     ("ppl", "token-level perplexity over the evaluation text, sliding window (context C, stride S, "
             "only tokens beyond the overlap scored)."),
     ("Δppl", "ppl relative to `eager` on the same model and device, in percent."),
