@@ -138,7 +138,8 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def decode(self, token: torch.Tensor) -> torch.Tensor:
-        token = token.to(self.device).view(-1, 1)
+        # contiguous: a strided slice would make a compiled decode step recompile
+        token = token.to(self.device).reshape(-1, 1).contiguous()
         pos = torch.tensor([self._pos], device=self.device)
         logits = self.decode_fn(token, pos)
         self._pos += 1

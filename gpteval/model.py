@@ -76,10 +76,18 @@ class Conv1D(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(in_features, out_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         nn.init.normal_(self.weight, std=0.02)
+
+    # derived from the weight, so passes that resize it (pruning) keep them true
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1] + (self.weight.shape[1],)
@@ -122,8 +130,9 @@ class CausalSelfAttention(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         nh = self.n_head
-        # width of q/k/v follows c_attn, so attention-head pruning can shrink it
-        width = self.c_attn.weight.shape[1] // 3
+        # width of q/k/v follows c_attn, so attention-head pruning can shrink it;
+        # out_features (not weight.shape) also holds for nn.Linear stand-ins of quantizers
+        width = self.c_attn.out_features // 3
         hs = width // nh
         q, k, v = self.c_attn(x).split(width, dim=2)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
@@ -224,7 +233,7 @@ class GPT(nn.Module):
         # cache dtype follows the activations (the embedding dtype)
         for block in self.transformer.h:
             attn = block.attn
-            hs = attn.c_attn.weight.shape[1] // 3 // attn.n_head
+            hs = attn.c_attn.out_features // 3 // attn.n_head
             attn.kv_cache = KVCache(batch, attn.n_head, max_len, hs, ref.dtype, ref.device)
         self.register_buffer(
             "causal_mask",

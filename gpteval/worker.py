@@ -60,6 +60,7 @@ def _greedy(engine, prompt: torch.Tensor, n: int) -> list[int]:
 def run_job(job: dict) -> dict:
     """Measure one variant; returns the Result dict (status ok | skipped | failed)."""
     from optimizers import PassContext, parse_pipeline
+    from optimizers.base import PassSkipped
     from .measure import ceilings, fidelity, latency, memory, quality
 
     cfg = job["config"]
@@ -109,14 +110,19 @@ def run_job(job: dict) -> dict:
             return torch.tensor(loaded.tokenizer.encode(corpus.split_text("train")),
                                 dtype=torch.long)
     ctx = PassContext(device=device, workdir=workdir, seed=cfg.get("seed", 0),
-                      train_ids=train_ids, trained=loaded.trained)
+                      train_ids=train_ids, trained=loaded.trained,
+                      warmup_shape=(lat["batch"], lat["prompt_len"] + lat["new_tokens"]))
     # passes mutate the model in place: give them their own copy, keep the reference intact
     import copy
 
     engine = TorchEngine(copy.deepcopy(loaded.model), device)
     t0 = time.perf_counter()
-    for p in passes:
-        engine = p.apply(engine, ctx)
+    try:
+        for p in passes:
+            engine = p.apply(engine, ctx)
+    except PassSkipped as skip:
+        result.update(status="skipped", reason=f"{p.spec}: {skip}")
+        return result
     engine.synchronize()
     optimize_s = time.perf_counter() - t0
     result["phases"]["optimize"] = {"s": optimize_s, "peak_rss_mb": memory.peak_rss_mb()}

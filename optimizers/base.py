@@ -24,6 +24,12 @@ class PassError(UserError):
     """A pass name, parameter or order the user wrote is wrong."""
 
 
+class PassSkipped(Exception):
+    """Raised from apply() when the pass cannot run on this model or machine for a reason
+    only known once it runs (e.g. fine-tuning a model with random weights); the harness
+    records the variant as skipped with this reason."""
+
+
 @dataclass
 class PassContext:
     """What a pass may need besides the engine it transforms."""
@@ -35,6 +41,9 @@ class PassContext:
     # None where the model has no meaningful training data (random presets).
     train_ids: Callable[[], torch.Tensor] | None = None
     trained: bool = True
+    # (batch, max_len) the engine will be measured at: compile-style passes warm up at
+    # this shape so compilation lands inside optimize_s, not inside the timings
+    warmup_shape: tuple[int, int] | None = None
 
 
 class Pass:

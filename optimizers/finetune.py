@@ -13,7 +13,7 @@ import torch
 
 from gpteval.engine import Engine
 
-from .base import Pass, PassContext, PassError, parse_int, require_torch_engine
+from .base import Pass, PassContext, PassError, PassSkipped, parse_int, require_torch_engine
 from .prune import projections
 
 LR = 1e-4
@@ -35,9 +35,9 @@ class Finetune(Pass):
     def apply(self, engine: Engine, ctx: PassContext) -> Engine:
         te = require_torch_engine(engine, self.name)
         if ctx.train_ids is None:
-            raise PassError("finetune needs training data, and this model has none (a preset "
-                            "with random weights has nothing to recover); use the bundled "
-                            "model or a Hugging Face checkpoint, or drop 'finetune'")
+            raise PassSkipped("fine-tuning needs training data, and a preset with random "
+                              "weights has none (nothing to recover); use the bundled model "
+                              "or a Hugging Face checkpoint")
         layers = projections(te, self.name)  # also rejects quantized/sparse weights
         ids = ctx.train_ids().long().flatten()
         model = te.model

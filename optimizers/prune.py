@@ -178,7 +178,6 @@ class PruneStructured(Pass):
             if fc.bias is not None:
                 fc.bias = nn.Parameter(fc.bias[keep].contiguous())
             proj.weight = nn.Parameter(proj.weight[keep, :].contiguous())
-            fc.out_features = proj.in_features = keep_n
             kept.append((keep_n, hidden))
         widths = sorted({f"{k}/{h}" for k, h in kept})
         te.notes.append(f"prune-structured: MLP neurons kept per block {', '.join(widths)} "
