@@ -98,7 +98,10 @@ def cmd_run(args) -> int:
     if not args.quiet:
         from rich.console import Console
 
-        Console().print(console_table(state.results, budget))
+        console = Console()
+        if not console.is_terminal:  # a log file: wide enough that no column is cut
+            console = Console(width=170)
+        console.print(console_table(state.results, budget))
     print(f"report: {out_dir / 'report.md'}")
     if state.interrupted_by:
         from .harness import EXIT_INTERRUPTED

@@ -41,7 +41,8 @@ class QualityConfig(_Strict):
     max_tokens: int = Field(0, ge=0, description="score at most this many tokens (0: all)")
     tasks: list[str] = Field(default_factory=lambda: ["bundled:cloze"])
     fidelity_tokens: int = Field(1024, ge=2, description="tokens compared with eager")
-    generate_tokens: int = Field(32, ge=1, description="greedy tokens for first divergence")
+    generate_tokens: int = Field(32, ge=1, description="greedy tokens for first divergence "
+                                 "(at most latency.new_tokens)")
 
     @model_validator(mode="after")
     def _stride_within_context(self):

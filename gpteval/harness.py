@@ -89,7 +89,7 @@ def preflight(cfg: RunConfig) -> dict[str, dict]:
         else:
             loaded = load_model(spec)
             mc, n_params, tok = loaded.model.config, loaded.model.num_params(), loaded.tokenizer
-        need = max(lat.prompt_len + lat.new_tokens, lat.prompt_len + q.generate_tokens)
+        need = lat.prompt_len + lat.new_tokens
         if need > mc.n_positions:
             raise UserError(f"model '{spec}' covers {mc.n_positions} positions, but prompt_len "
                             f"({lat.prompt_len}) + new tokens needs {need}; lower "

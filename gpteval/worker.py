@@ -49,11 +49,13 @@ def _windows(ids: torch.Tensor, context: int, limit: int) -> list[torch.Tensor]:
     return [ids[i:i + context] for i in range(0, len(ids) - 1, context) if len(ids[i:i + context]) > 1]
 
 
-def _greedy(engine, prompt: torch.Tensor, n: int) -> list[int]:
-    """n greedy tokens after prompt (1, P) through the engine's own prefill/decode path."""
+def _greedy(engine, prompt: torch.Tensor, n: int, cache_len: int) -> list[int]:
+    """n greedy tokens after prompt (B, P), first sequence, through the engine's own
+    prefill/decode path.  The cache has the shape latency uses, so a compiled decode step
+    is not compiled a second time for another shape."""
     from .measure.latency import greedy_generate
 
-    engine.reset(1, prompt.shape[1] + n)
+    engine.reset(prompt.shape[0], cache_len)
     return greedy_generate(engine, prompt, n)[0].tolist()
 
 
@@ -94,7 +96,9 @@ def run_job(job: dict) -> dict:
     ref_logits = [ref.forward(w[None]) for w in fid_windows]
     lat = cfg["latency"]
     prompt = text_ids[: lat["prompt_len"]].repeat(lat["batch"], 1)
-    ref_tokens = _greedy(ref, prompt[:1], q["generate_tokens"])
+    cache_len = lat["prompt_len"] + lat["new_tokens"]
+    n_greedy = min(q["generate_tokens"], lat["new_tokens"])
+    ref_tokens = _greedy(ref, prompt, n_greedy, cache_len)
 
     # ---- optimize ---------------------------------------------------------------------
     _announce("optimize")
@@ -111,7 +115,7 @@ def run_job(job: dict) -> dict:
                                 dtype=torch.long)
     ctx = PassContext(device=device, workdir=workdir, seed=cfg.get("seed", 0),
                       train_ids=train_ids, trained=loaded.trained,
-                      warmup_shape=(lat["batch"], lat["prompt_len"] + lat["new_tokens"]))
+                      warmup_shape=(lat["batch"], cache_len))
     # passes mutate the model in place: give them their own copy, keep the reference intact
     import copy
 
@@ -147,7 +151,7 @@ def run_job(job: dict) -> dict:
                                     torch.cat([c[0] for c in cand]))
     del cand
     m.update(fid)
-    tokens = _greedy(engine, prompt[:1], q["generate_tokens"])
+    tokens = _greedy(engine, prompt, n_greedy, cache_len)
     m["first_divergence"] = fidelity.first_divergence(ref_tokens, tokens)
 
     lr = latency.measure_latency(engine, lat["batch"], lat["prompt_len"], lat["new_tokens"],
