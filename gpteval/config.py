@@ -40,6 +40,7 @@ class QualityConfig(_Strict):
     stride: int = Field(128, ge=1, description="window advance, tokens")
     max_tokens: int = Field(0, ge=0, description="score at most this many tokens (0: all)")
     tasks: list[str] = Field(default_factory=lambda: ["bundled:cloze"])
+    task_items: int = Field(0, ge=0, description="score at most this many items per task (0: all)")
     fidelity_tokens: int = Field(1024, ge=2, description="tokens compared with eager")
     generate_tokens: int = Field(32, ge=1, description="greedy tokens for first divergence "
                                  "(at most latency.new_tokens)")

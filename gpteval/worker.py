@@ -188,6 +188,7 @@ def run_job(job: dict) -> dict:
             raise NonFiniteLogits("perplexity is not finite: the variant's logits overflow")
         m.update({"ppl": qr.ppl, "bpb": qr.bpb, "next_token_acc": qr.next_token_acc})
         for task_name, (kind, items) in load_task_items(q["tasks"]).items():
+            items = items[: q.get("task_items") or None]
             if kind == "cloze":
                 m[f"acc_{task_name}"] = quality.cloze_accuracy(engine, loaded.tokenizer, items)
             else:
