@@ -44,9 +44,13 @@ def test_faults_are_contained(study, tmp_path):
     assert by["test-hang"]["status"] == "failed" and "timed out" in by["test-hang"]["reason"]
     assert by["test-nan"]["status"] == "failed" and "NaN" in by["test-nan"]["reason"]
     assert by["test-nan"]["metrics"] == {}
-    # the report is still written, failures and all
+    # the report is still written, failures and all, and rebuilds byte for byte
     report = (out / "report.md").read_text()
     assert "broken on purpose" in report
+    again = _run(["report", str(out / "results.json"), "--out", str(tmp_path / "again")],
+                 plugin_env(), tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again" / "report.md").read_text() == report
     # eager's numbers are complete and traceable to raw samples
     m = by["eager"]["metrics"]
     assert m["top1_agree"] == 1.0 and m["kl_mean"] == pytest.approx(0.0, abs=1e-6)
