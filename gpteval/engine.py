@@ -51,6 +51,11 @@ class Engine(ABC):
         self.reset(ids.shape[0], ids.shape[1])
         return self.prefill(ids)
 
+    def decode_nbytes(self) -> int:
+        """Bytes of weights one decode step reads: all of them except embedding tables
+        that are only gathered (one row per token).  bandwidth_gbs is built on this."""
+        return self.nbytes()
+
     def synchronize(self) -> None:
         """Wait for queued device work, so a clock read after it means something."""
         if self.device.startswith("cuda"):
@@ -97,6 +102,16 @@ def tensor_nbytes(t: torch.Tensor) -> int:
         except Exception:
             pass
     return t.numel() * t.element_size()
+
+
+def gathered_embedding_nbytes(transformer, lm_head) -> int:
+    """Bytes of the position table, and of the token table unless lm_head reads it whole
+    (tied weights): a decode step gathers one row of each."""
+    wte, wpe = transformer.wte.weight, transformer.wpe.weight
+    total = tensor_nbytes(wpe)
+    if getattr(lm_head, "weight", None) is not wte:
+        total += tensor_nbytes(wte)
+    return total
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -151,6 +166,9 @@ class TorchEngine(Engine):
 
     def nbytes(self) -> int:
         return module_nbytes(self.model)
+
+    def decode_nbytes(self) -> int:
+        return self.nbytes() - gathered_embedding_nbytes(self.model.transformer, self.model.lm_head)
 
     def describe(self) -> dict:
         return {"backend": self.backend, "device": self.device,
@@ -213,6 +231,9 @@ class HFEngine(Engine):
 
     def nbytes(self) -> int:
         return module_nbytes(self.model)
+
+    def decode_nbytes(self) -> int:
+        return self.nbytes() - gathered_embedding_nbytes(self.model.transformer, self.model.lm_head)
 
     def describe(self) -> dict:
         import transformers

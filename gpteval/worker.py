@@ -169,7 +169,7 @@ def run_job(job: dict) -> dict:
     m["artifact_mb"] = sum(f.stat().st_size for f in files if f.is_file()) / MB if files else None
     m["optimize_s"] = optimize_s
     ceil = job.get("ceilings") or {}
-    m["bandwidth_gbs"] = ceilings.decode_bandwidth_gbs(weights_bytes, m["tpot_ms"])
+    m["bandwidth_gbs"] = ceilings.decode_bandwidth_gbs(engine.decode_nbytes(), m["tpot_ms"])
     bw, gflops = ceil.get("memory_bandwidth_gbs"), ceil.get("matmul_gflops")
     m["roofline_pct"] = ceilings.percent_of(m["bandwidth_gbs"], bw) if bw else None
     achieved = ceilings.prefill_gflops(job.get("n_params") or 0, lat["batch"], lat["prompt_len"],

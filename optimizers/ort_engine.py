@@ -127,6 +127,9 @@ class OrtEngine(Engine):
     def nbytes(self) -> int:
         return initializer_nbytes(self.model_path)
 
+    def decode_nbytes(self) -> int:
+        return initializer_nbytes(self.model_path, skip_gathered=True)
+
     def artifact_files(self) -> list[str]:
         files = [self.model_path, self.model_path.with_name(self.model_path.name + ".data")]
         return [str(f) for f in files if f.exists()]
@@ -144,16 +147,26 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def initializer_nbytes(path: Path) -> int:
+def initializer_nbytes(path: Path, skip_gathered: bool = False) -> int:
     """Bytes of the initializers (weights) of an ONNX file, external data included, without
-    loading the weights."""
+    loading the weights.  skip_gathered leaves out tables that only feed Gather as its data
+    (embeddings: a decode step reads one row of them)."""
     import numpy as np
     import onnx
     from onnx.helper import tensor_dtype_to_np_dtype
 
     model = onnx.load(str(path), load_external_data=False)
+    gathered: set[str] = set()
+    if skip_gathered:
+        uses: dict[str, set[tuple[str, int]]] = {}
+        for node in model.graph.node:
+            for i, name in enumerate(node.input):
+                uses.setdefault(name, set()).add((node.op_type, i))
+        gathered = {n for n, u in uses.items() if u and all(op == "Gather" and i == 0 for op, i in u)}
     total = 0
     for t in model.graph.initializer:
+        if t.name in gathered:
+            continue
         ext = {e.key: e.value for e in t.external_data}
         if "length" in ext:
             total += int(ext["length"])

@@ -25,15 +25,18 @@ def _sync(device: str):
 
 
 def memory_bandwidth_gbs(device: str = "cpu", nbytes: int = 256 * 1024 * 1024) -> float:
-    """Copy bandwidth in GB/s: `dst.copy_(src)` of two `nbytes` buffers moves 2 * nbytes
-    (read + write); the ceiling is 2 * nbytes / the fastest of the repeats.  Choose nbytes
-    well above the last-level cache (the default 256 MiB is)."""
-    n = max(nbytes // 4, 1)
-    src = torch.ones(n, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    times = repeat_timed(lambda: dst.copy_(src), _sync(device), _WARMUP, _MIN_COUNT,
+    """Read bandwidth in GB/s as batch-1 decode sees it: a (1, k) @ (k, 4096) fp32
+    matrix-vector product over a weight matrix of `nbytes` (default 256 MiB, well above
+    the last-level cache) reads the matrix once; the ceiling is nbytes / the fastest
+    repeat.  (A copy benchmark undercounts: on CPUs it also reads the destination, and
+    decode only reads.)"""
+    cols = 4096
+    rows = max(nbytes // 4 // cols, 1)
+    w = torch.ones(rows, cols, dtype=torch.float32, device=device)
+    x = torch.ones(1, rows, dtype=torch.float32, device=device)
+    times = repeat_timed(lambda: x @ w, _sync(device), _WARMUP, _MIN_COUNT,
                          _MIN_TIME_S, _MAX_COUNT, device=device)
-    return 2 * n * 4 / min(times) / 1e9
+    return rows * cols * 4 / min(times) / 1e9
 
 
 def matmul_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32,

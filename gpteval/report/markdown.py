@@ -40,8 +40,9 @@ DEFINITIONS = (
     ("top-1 (top1_agree)", "fraction of positions where the variant's argmax token equals `eager`'s."),
     ("KL (kl_mean)", "mean KL(eager ‖ variant) of the next-token distributions, in nats."),
     ("max_abs_logit_diff", "largest absolute logit difference from `eager`."),
-    ("roofline %", "achieved weight bandwidth (weight bytes × decode steps/s) over the measured memory "
-                   "copy bandwidth of this machine."),
+    ("roofline %", "achieved weight bandwidth (bytes of weights one decode step reads — "
+                   "embedding tables only gathered are left out — × decode steps/s) over this "
+                   "machine's measured read bandwidth (a batch-1 matrix-vector product over 256 MiB)."),
     ("acc_<task>", "task accuracy from a local JSONL file (last-word cloze, or multiple choice by "
                    "log-likelihood)."),
     ("verdict", "accepted when within the quality budget; the recommendation is the fastest "

@@ -1,0 +1,28 @@
+"""What an engine says it reads per decode step (the base of bandwidth_gbs/roofline_pct)."""
+
+import pytest
+
+from gpteval.engine import TorchEngine
+from optimizers import PassContext, parse_pipeline, run_pipeline
+
+
+def test_tied_model_reads_everything_but_the_position_table(tiny_model):
+    e = TorchEngine(tiny_model)
+    wpe = tiny_model.transformer.wpe.weight
+    assert e.decode_nbytes() == e.nbytes() - wpe.numel() * 4
+
+
+def test_untied_embedding_is_not_counted_as_read(tiny_model, tmp_path):
+    e = run_pipeline(parse_pipeline("int8-dynamic"), TorchEngine(tiny_model),
+                     PassContext(workdir=tmp_path))
+    t = e.model.transformer
+    gathered = (t.wte.weight.numel() + t.wpe.weight.numel()) * 4
+    assert e.decode_nbytes() == e.nbytes() - gathered
+
+
+def test_onnx_engine_leaves_out_gathered_tables(tiny_model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    e = run_pipeline(parse_pipeline("onnx"), TorchEngine(tiny_model), PassContext(workdir=tmp_path))
+    t = tiny_model.transformer
+    gathered = (t.wte.weight.numel() + t.wpe.weight.numel()) * 4
+    assert e.decode_nbytes() == e.nbytes() - gathered
