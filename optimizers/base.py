@@ -131,11 +131,16 @@ def parse_int(name: str, arg: str | None, lo: int = 1, hi: int | None = None,
 
 class Eager(Pass):
     name = "eager"
-    summary = "fp32 reference, unchanged: the baseline every fidelity metric is measured against"
+    summary = ("fp32 reference: the baseline every fidelity metric is measured against "
+               "(lm_head stored (in, out) for faster decode, bit-identical logits)")
     requires = ("torch",)
 
     def apply(self, engine: Engine, ctx: PassContext) -> Engine:
-        return engine
+        te = require_torch_engine(engine, self.name)
+        te.model.transpose_lm_head_()
+        te.notes.append("eager: lm_head stored (in, out), untied from the embedding, so "
+                        "decode's x @ W streams rows (same logits, one more copy of the table)")
+        return te
 
 
 class HFPeer(Pass):

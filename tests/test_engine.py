@@ -26,3 +26,17 @@ def test_onnx_engine_leaves_out_gathered_tables(tiny_model, tmp_path):
     t = tiny_model.transformer
     gathered = (t.wte.weight.numel() + t.wpe.weight.numel()) * 4
     assert e.decode_nbytes() == e.nbytes() - gathered
+
+
+def test_eager_transposed_head_is_bit_identical(tiny_model, tmp_path):
+    import copy
+
+    import torch
+
+    ids = torch.randint(0, tiny_model.config.vocab_size, (2, 12))
+    ref = TorchEngine(copy.deepcopy(tiny_model)).forward(ids)
+    e = run_pipeline(parse_pipeline("eager"), TorchEngine(tiny_model), PassContext(workdir=tmp_path))
+    assert torch.equal(e.forward(ids), ref)
+    t = e.model.transformer
+    # the head reads its own (C, V) copy; both tables are held, only the head is read
+    assert e.decode_nbytes() == e.nbytes() - (t.wte.weight.numel() + t.wpe.weight.numel()) * 4
