@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 
 class ByteTokenizer:
@@ -45,7 +45,7 @@ class BPETokenizer:
             try:
                 tok = Tokenizer.from_file(str(tj))
             except Exception as e:  # the library raises plain Exception on bad JSON
-                raise UserError(f"{tj}: not a readable tokenizer.json ({_first_line(e)}); "
+                raise UserError(f"{tj}: not a readable tokenizer.json ({first_line(e)}); "
                                 "replace it with the model's original file") from None
             return cls(tok, str(tj))
         if vocab.is_file() and merges.is_file():
@@ -53,7 +53,7 @@ class BPETokenizer:
                 json.loads(vocab.read_text(encoding="utf-8"))
                 model = BPE.from_file(str(vocab), str(merges))
             except Exception as e:
-                raise UserError(f"{vocab} / {merges}: unreadable BPE files ({_first_line(e)}); "
+                raise UserError(f"{vocab} / {merges}: unreadable BPE files ({first_line(e)}); "
                                 "replace them with the model's original files") from None
             tok = Tokenizer(model)
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -71,7 +71,3 @@ class BPETokenizer:
     def describe(self) -> dict:
         return {"kind": self.name, "vocab_size": self.vocab_size, "source": self.source}
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

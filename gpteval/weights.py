@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError, did_you_mean
+from .errors import UserError, did_you_mean, first_line
 from .model import GPT, PRESETS, GPTConfig, preset_config
 from .tokenizer import BPETokenizer, ByteTokenizer
 
@@ -70,7 +70,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as e:
-        raise UserError(f"{path}: not a readable safetensors file ({_short(e)}); the file is "
+        raise UserError(f"{path}: not a readable safetensors file ({first_line(e)}); the file is "
                         "truncated or corrupt, copy it again from its source") from None
 
 
@@ -78,7 +78,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({_short(e)}); fix or replace the file") from None
+        raise UserError(f"{path}: not valid JSON ({first_line(e)}); fix or replace the file") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object; fix or replace the file")
     return data
@@ -109,7 +109,7 @@ def load_checkpoint(directory: str | Path) -> tuple[GPT, dict]:
     try:
         config = GPTConfig.from_dict(payload["config"])
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{d / CHECKPOINT_CONFIG}: bad config ({_short(e)})") from None
+        raise UserError(f"{d / CHECKPOINT_CONFIG}: bad config ({first_line(e)})") from None
     wpath = d / CHECKPOINT_WEIGHTS
     if not wpath.is_file():
         raise UserError(f"{d}: missing {CHECKPOINT_WEIGHTS}; the checkpoint is incomplete")
@@ -134,7 +134,7 @@ def hf_config(data: dict, where: Path) -> GPTConfig:
             name=str(data.get("_name_or_path") or where.parent.name),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{where}: not a GPT-2 config ({_short(e)}); it needs n_layer, "
+        raise UserError(f"{where}: not a GPT-2 config ({first_line(e)}); it needs n_layer, "
                         "n_head and n_embd") from None
 
 
@@ -176,7 +176,7 @@ def _read_torch_bin(path: Path) -> dict[str, torch.Tensor]:
         # weights_only=True: a pickle that holds anything but tensors is refused
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"{path}: refused or unreadable ({_short(e)}); gpteval loads only plain "
+        raise UserError(f"{path}: refused or unreadable ({first_line(e)}); gpteval loads only plain "
                         "state dicts (weights_only=True); convert it to model.safetensors") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: not a plain state dict of tensors; convert it to "
@@ -235,7 +235,3 @@ class _VocabOnlyTokenizer:
     def describe(self) -> dict:
         return {"kind": self.name, "vocab_size": self.vocab_size}
 
-
-def _short(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
