@@ -15,7 +15,7 @@ KV cache, `prefill(idx)` fills it and `decode(token, input_pos)` appends one tok
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn

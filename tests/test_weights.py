@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from gpteval.errors import UserError
-from gpteval.model import GPT
 from gpteval.tokenizer import BPETokenizer, ByteTokenizer
 from gpteval.weights import load_checkpoint, load_model, save_checkpoint
 
