@@ -238,8 +238,7 @@ def measure_ceilings(devices: list[str], threads: int) -> dict:
         torch.set_num_threads(threads)
     out = {}
     for d in devices:
-        out[d] = {"memory_bandwidth_gbs": ceilings.memory_bandwidth_gbs(d),
-                  "matmul_gflops": ceilings.matmul_gflops(d)}
+        out[d] = ceilings.device_ceilings(d)
     return out
 
 

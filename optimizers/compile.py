@@ -56,9 +56,10 @@ class Compile(Pass):
         inductor_config.freezing = True  # this process only runs inference from here on
         compiled = torch.compile(te.model.decode, mode=self.mode, fullgraph=True,
                                  dynamic=False)
-        if self.mode == "reduce-overhead":
-            # a CUDA graph writes every step's logits into the same buffer: copy them out
-            # before the next replay overwrites what the caller still holds
+        if te.device.startswith("cuda") and self.mode in ("reduce-overhead", "max-autotune"):
+            # both modes record CUDA graphs there, and a graph writes every step's logits
+            # into the same buffer: copy them out before the next replay overwrites what
+            # the caller still holds
             te.decode_fn = lambda token, pos: compiled(token, pos).clone()
         else:
             te.decode_fn = compiled

@@ -73,6 +73,41 @@ def test_cuda_passes_run_or_skip_with_reason(variant, tmp_path):
     assert torch.isfinite(engine.forward(ids)).all()
 
 
+@pytest.mark.gpu
+@gpu
+def test_decode_step_never_waits_for_the_device():
+    """A host-device sync inside decode would put the host's launch time into every
+    measured step; CUDA's sync debug mode turns any such sync into an error."""
+    engine = TorchEngine(_model(), "cuda")
+    engine.reset(2, 32)
+    token = engine.prefill(torch.randint(0, 256, (2, 8))).argmax(-1)[:, -1:]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            token = engine.decode(token).argmax(dim=-1, keepdim=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    # and the device-side position advanced with the steps: same tokens as the full forward
+    engine.reset(1, 32)
+    ids = torch.randint(0, 256, (1, 8))
+    step = engine.prefill(ids)[:, -1]
+    nxt = step.argmax(-1, keepdim=True)
+    step2 = engine.decode(nxt)
+    full = engine.forward(torch.cat([ids, nxt.cpu()], dim=1))[:, -1]
+    assert (step2 - full).abs().max() < 1e-3
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_ceilings_include_bf16_matmul():
+    from gpteval.measure.ceilings import device_ceilings
+
+    c = device_ceilings("cuda")
+    # tensor cores: bf16 matmul is several times fp32's rate on every GPU torch supports
+    assert c["matmul_bf16_gflops"] > 2 * c["matmul_gflops"]
+    assert c["memory_bandwidth_gbs"] == max(c[f"bandwidth_{k}_gbs"] for k in ("gemv", "sum", "copy"))
+
+
 # ---- device guards that run everywhere --------------------------------------------------
 def test_cuda_only_passes_give_a_reason_without_cuda():
     if torch.cuda.is_available():

@@ -25,3 +25,22 @@ def test_derived_rates():
     # 2 FLOPs * 1e6 params * 4 sequences * 125 tokens = 1e9 FLOPs in 0.5 s = 2 GFLOP/s
     assert prefill_gflops(10**6, 4, 125, 500.0) == 2.0
     assert percent_of(25.0, 200.0) == 12.5
+
+
+def test_bandwidth_ceiling_is_the_best_read_kernel():
+    from gpteval.measure.ceilings import bandwidth_kernels_gbs
+
+    kernels = bandwidth_kernels_gbs("cpu", nbytes=16 * 1024 * 1024)
+    assert set(kernels) == {"gemv", "sum", "copy"}
+    assert all(math.isfinite(v) and v > 0 for v in kernels.values())
+
+
+def test_half_precision_prefill_is_held_to_the_bf16_matmul_ceiling():
+    from gpteval.measure.ceilings import matmul_ceiling_gflops
+
+    cuda = {"matmul_gflops": 50e3, "matmul_bf16_gflops": 750e3}
+    assert matmul_ceiling_gflops(cuda, "bfloat16") == 750e3
+    assert matmul_ceiling_gflops(cuda, "float16") == 750e3
+    assert matmul_ceiling_gflops(cuda, "float32") == 50e3
+    # the CPU records no bf16 ceiling (emulated there): fp32 is the only one
+    assert matmul_ceiling_gflops({"matmul_gflops": 150.0}, "bfloat16") == 150.0

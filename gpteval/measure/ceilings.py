@@ -2,8 +2,9 @@
 
 Batch-1 decode reads every weight once per token, so it is bound by memory bandwidth;
 prefill is a stack of matmuls, bound by arithmetic throughput (as gpt-fast reports).
-The ceilings are measured, not taken from a data sheet: the best of a few repeats of a
-large copy and of a square matmul, through torch, with torch's threads.
+The ceilings are measured, not taken from a data sheet: the best of a few repeats of
+large reads (GEMV, reduction, copy) and of a square matmul, through torch, with torch's
+threads.
 
 Units: GB/s and GFLOP/s are decimal (1e9).
 """
@@ -24,19 +25,42 @@ def _sync(device: str):
     return lambda: None
 
 
-def memory_bandwidth_gbs(device: str = "cpu", nbytes: int = 256 * 1024 * 1024) -> float:
-    """Read bandwidth in GB/s as batch-1 decode sees it: a (1, k) @ (k, 4096) fp32
-    matrix-vector product over a weight matrix of `nbytes` (default 256 MiB, well above
-    the last-level cache) reads the matrix once; the ceiling is nbytes / the fastest
-    repeat.  (A copy benchmark undercounts: on CPUs it also reads the destination, and
-    decode only reads.)"""
+def _best_gbs(fn, nbytes: int, device: str) -> float:
+    times = repeat_timed(fn, _sync(device), _WARMUP, _MIN_COUNT, _MIN_TIME_S, _MAX_COUNT,
+                         device=device)
+    return nbytes / min(times) / 1e9
+
+
+def bandwidth_kernels_gbs(device: str = "cpu", nbytes: int | None = None) -> dict[str, float]:
+    """Read bandwidth in GB/s through three kernels over `nbytes` of fp32 (default 256 MiB on
+    the CPU, 1 GiB on CUDA: several times the last-level cache either way):
+
+    gemv: (1, k) @ (k, 4096), the access pattern of batch-1 decode, counts the matrix read;
+    sum:  a full reduction, counts the tensor read;
+    copy: a device-to-device copy, counts bytes read plus bytes written (STREAM's count).
+
+    Libraries reach different fractions of the hardware with each (torch's CPU GEMV stays
+    well under ONNX Runtime's and inductor's kernels; cuBLAS's fp32 GEMV under a CUDA copy),
+    so the ceiling is the best of them."""
+    if nbytes is None:
+        nbytes = 2 ** 30 if device.startswith("cuda") else 256 * 2 ** 20
     cols = 4096
     rows = max(nbytes // 4 // cols, 1)
     w = torch.ones(rows, cols, dtype=torch.float32, device=device)
     x = torch.ones(1, rows, dtype=torch.float32, device=device)
-    times = repeat_timed(lambda: x @ w, _sync(device), _WARMUP, _MIN_COUNT,
-                         _MIN_TIME_S, _MAX_COUNT, device=device)
-    return rows * cols * 4 / min(times) / 1e9
+    read = rows * cols * 4
+    out = {"gemv": _best_gbs(lambda: x @ w, read, device),
+           "sum": _best_gbs(lambda: w.sum(), read, device)}
+    dst = torch.empty_like(w)
+    out["copy"] = _best_gbs(lambda: dst.copy_(w), 2 * read, device)
+    return out
+
+
+def memory_bandwidth_gbs(device: str = "cpu", nbytes: int | None = None) -> float:
+    """The memory-bandwidth ceiling of roofline_pct: the best of `bandwidth_kernels_gbs`.
+    It is still a lower bound on what the hardware can do: a variant whose kernels read
+    faster than all three shows roofline_pct above 100."""
+    return max(bandwidth_kernels_gbs(device, nbytes).values())
 
 
 def matmul_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32,
@@ -53,6 +77,27 @@ def matmul_gflops(device: str = "cpu", dtype: torch.dtype = torch.float32,
     times = repeat_timed(lambda: torch.matmul(a, b, out=out), _sync(device), _WARMUP,
                          _MIN_COUNT, _MIN_TIME_S, _MAX_COUNT, device=device)
     return 2 * n ** 3 / min(times) / 1e9
+
+
+def device_ceilings(device: str) -> dict[str, float]:
+    """What results.json records per device: the bandwidth ceiling and what each kernel
+    reached, fp32 matmul throughput and, on CUDA, bf16 matmul throughput (the ceiling of
+    half-precision variants: tensor cores run bf16/fp16 ~15x faster than fp32)."""
+    kernels = bandwidth_kernels_gbs(device)
+    out = {"memory_bandwidth_gbs": max(kernels.values()),
+           **{f"bandwidth_{k}_gbs": v for k, v in kernels.items()},
+           "matmul_gflops": matmul_gflops(device)}
+    if device.startswith("cuda"):
+        out["matmul_bf16_gflops"] = matmul_gflops(device, torch.bfloat16)
+    return out
+
+
+def matmul_ceiling_gflops(ceilings: dict, dtype: str | None) -> float | None:
+    """The matmul ceiling a variant's prefill is held to: bf16 throughput for a 16-bit
+    engine where it was measured (CUDA), fp32 throughput otherwise."""
+    if dtype in ("bfloat16", "float16", "bf16", "fp16") and ceilings.get("matmul_bf16_gflops"):
+        return ceilings["matmul_bf16_gflops"]
+    return ceilings.get("matmul_gflops")
 
 
 # ---- achieved fractions (DESIGN.md "Latency") ------------------------------------------

@@ -1,0 +1,79 @@
+"""Where one decode step's time goes: the kernels of a variant's decode, by device time.
+
+    python tools/profile_decode.py --model gpt2-xl --variant bf16+compile:reduce-overhead \
+        --device cuda --batch 1 --prompt 128 --steps 64
+
+Builds the variant exactly as `gpteval run` does (same passes, same engine), times the
+decode steps with the harness's own clock, then profiles more steps with torch.profiler and
+prints the kernels ranked by device (or CPU) time per step, with the bytes-per-step
+ceiling next to it.  This is the profile evidence behind the roofline numbers in reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="gpt2")
+    ap.add_argument("--variant", default="eager")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--top", type=int, default=20)
+    args = ap.parse_args()
+
+    from gpteval.engine import TorchEngine
+    from gpteval.measure.latency import measure_latency
+    from gpteval.weights import load_model
+    from optimizers import PassContext, parse_pipeline, run_pipeline
+
+    loaded = load_model(args.model)
+    max_len = args.prompt + args.steps + 1
+    ctx = PassContext(device=args.device, workdir=Path(tempfile.mkdtemp()),
+                      trained=loaded.trained, warmup_shape=(args.batch, max_len))
+    engine = run_pipeline(parse_pipeline(args.variant), TorchEngine(loaded.model, args.device), ctx)
+    lat = measure_latency(engine, args.batch, args.prompt, args.steps + 1, warmup=1,
+                          min_repeats=3, min_time_s=0.5)
+    nbytes = engine.decode_nbytes()
+    print(f"{args.model} {args.variant} {args.device} batch {args.batch}: tpot "
+          f"{lat.tpot_ms.median:.3f} ms, {nbytes / 1e6:.1f} MB read per step -> "
+          f"{nbytes / lat.tpot_ms.median / 1e6:.1f} GB/s")
+
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    ids = torch.randint(0, engine.vocab_size, (args.batch, args.prompt))
+    engine.reset(args.batch, max_len)
+    token = engine.prefill(ids)[:, -1].argmax(-1, keepdim=True)
+    engine.synchronize()
+    with profile(activities=acts) as prof:
+        for _ in range(args.steps):
+            token = engine.decode(token).argmax(-1, keepdim=True)
+        engine.synchronize()
+    cuda = args.device.startswith("cuda")
+    per_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for e in prof.events():
+        if cuda and str(getattr(e, "device_type", "")).endswith("CUDA"):
+            per_kernel[e.name][0] += e.time_range.elapsed_us()
+            per_kernel[e.name][1] += 1
+        elif not cuda and e.cpu_parent is None:
+            per_kernel[e.name][0] += e.cpu_time_total
+            per_kernel[e.name][1] += 1
+    total = sum(v[0] for v in per_kernel.values())
+    print(f"{'device' if cuda else 'cpu'} time in kernels per step: {total / args.steps:.1f} us; "
+          f"kernels per step: {sum(v[1] for v in per_kernel.values()) / args.steps:.0f}")
+    print(f"{'us/step':>9} {'n/step':>7} {'share':>6}  kernel")
+    for name, (us, n) in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[: args.top]:
+        print(f"{us / args.steps:9.1f} {n / args.steps:7.1f} {100 * us / total:5.1f}%  {name[:110]}")
+
+
+if __name__ == "__main__":
+    main()
