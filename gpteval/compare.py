@@ -15,6 +15,9 @@ Rules (each row of the output is one check):
   regressed when it worsens by more than max(abs, rel_pct % of the baseline).
 - a variant ok in the baseline but failed, skipped or absent now is a regression ('missing');
   so is a gated metric the baseline has and the current run lacks.  New variants are listed.
+- further batch sizes (latency.batch = [1, 8]): the `_b<B>` forms of the speed metrics
+  (decode_step_ms_b8, …) and of ratio-gate metrics (decode_tok_s_b8) are checked like the
+  plain ones wherever both runs measured that batch size.
 
 `CompareResult.exit_code` is 0 when nothing regressed, 1 otherwise; bad input is a UserError.
 """
@@ -37,7 +40,7 @@ SPEED_METRICS = ("decode_step_ms", "tpot_ms", "ttft_ms")
 
 
 def _known_metric(name: str) -> bool:
-    return name in R.METRIC_ORDER or name.startswith("acc_")
+    return R.split_batch(name)[0] in R.METRIC_ORDER or name.startswith("acc_")
 
 
 class Tolerance(BaseModel):
@@ -293,13 +296,17 @@ def _quality_row(k, metric, b: float, c: float | None, tol: Tolerance) -> Row:
 
 def _compare_variant(k, b: dict, c: dict, gates: Gates) -> list[Row]:
     rows = []
-    for metric in gates.speed_metrics if gates.absolute else ():
+    speed = list(gates.speed_metrics) if gates.absolute else []
+    speed += [R.at_batch(m, n) for n in R.shared_further_batches(b, c) for m in speed]
+    for metric in speed:
         base, cur = R.samples(b, metric), R.samples(c, metric)
         if not base:
             continue
         if not cur:
+            batch = R.split_batch(metric)[1]
+            why = (c.get("batch_errors") or {}).get(str(batch)) if batch else None
             rows.append(Row(*k, metric, statistics.median(base), None, None, "missing",
-                            f"no {metric} samples in the current run"))
+                            f"no {metric} samples in the current run" + (f": {why}" if why else "")))
         else:
             rows.append(_speed_row(k, metric, base, cur, gates))
     for metric in R.metric_names([b]):
@@ -369,15 +376,24 @@ def compare(baseline: dict, current: dict, gates: Gates | None = None) -> Compar
         rows += _compare_variant(k, b, c, gates)
     ratio_gates = list(gates.ratio)
     if gates.speedup_tolerance_pct is not None:  # every variant ok in both runs, over the reference
-        ratio_gates += [RatioGate(model=m, variant=v, device=d, over=gates.reference,
-                                  tolerance_pct=gates.speedup_tolerance_pct)
-                        for (m, v, d), c in cur.items() if v != gates.reference and c["status"] == "ok"
-                        and base.get((m, v, d), {}).get("status") == "ok"]
+        for (m, v, d), c in cur.items():
+            if v == gates.reference or c["status"] != "ok" or base.get((m, v, d), {}).get("status") != "ok":
+                continue
+            for n in [None] + R.shared_further_batches(base[(m, v, d)], c):  # and every batch size
+                metric = "decode_tok_s" if n is None else R.at_batch("decode_tok_s", n)
+                ratio_gates.append(RatioGate(model=m, variant=v, device=d, over=gates.reference,
+                                             metric=metric, tolerance_pct=gates.speedup_tolerance_pct))
     for gate in ratio_gates:
         rows += _ratio_rows(gate, baseline, current)
     added = [R.label(k) for k, c in cur.items()
              if c["status"] == "ok" and (k not in base or base[k]["status"] != "ok")]
     notes = []
+    dropped = R.order_of_appearance(
+        n for k, b in base.items() if b["status"] == "ok" and cur.get(k, {}).get("status") == "ok"
+        for n in R.further_batches(b) if n not in R.further_batches(cur[k]))
+    if dropped:
+        notes.append(f"Batch size {', '.join(map(str, dropped))} was measured in the baseline only: "
+                     "not compared.")
     if not gates.absolute:
         notes.append("Absolute speed was not compared (absolute = false): only ratios inside each run.")
     elif (baseline.get("env") or {}).get("cpu") != (current.get("env") or {}).get("cpu"):

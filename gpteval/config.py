@@ -25,13 +25,48 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def as_batches(value) -> list[int]:
+    """latency.batch as a list: `8` -> [8], `[1, 8]` -> [1, 8] (the first is the primary one)."""
+    return [int(b) for b in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
 class LatencyConfig(_Strict):
-    batch: int = Field(1, ge=1, description="sequences decoded together")
+    batch: int | list[int] = Field(1, description="sequences decoded together; a list measures "
+                                   "each size, the first one is the primary (main table, fidelity)")
     prompt_len: int = Field(128, ge=1, description="prompt tokens (prefill length)")
     new_tokens: int = Field(64, ge=2, description="tokens generated; tpot needs at least 2")
     warmup: int = Field(1, ge=0)
     min_repeats: int = Field(3, ge=1, description="minimum timed repeats")
     min_time_s: float = Field(1.0, ge=0.0, description="minimum total timed seconds")
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _batch(cls, value):
+        def bad(v) -> bool:
+            return isinstance(v, bool) or not isinstance(v, int)
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("is an empty list; give one batch size or a list such as [1, 8]")
+            seen = set()
+            for v in value:
+                if bad(v):
+                    raise ValueError(f"lists {v!r}, not an integer; use whole numbers ≥ 1 such as [1, 8]")
+                if v < 1:
+                    raise ValueError(f"lists {v}; every batch size must be ≥ 1")
+                if v in seen:
+                    raise ValueError(f"lists {v} twice; keep one")
+                seen.add(v)
+            return value
+        if bad(value):
+            raise ValueError(f"must be an integer ≥ 1 or a list of them such as [1, 8] (got {value!r})")
+        if value < 1:
+            raise ValueError(f"must be ≥ 1 (got {value}); use 1 or more sequences")
+        return value
+
+    @property
+    def batches(self) -> list[int]:
+        """Every batch size to measure, the primary one first."""
+        return as_batches(self.batch)
 
 
 class QualityConfig(_Strict):

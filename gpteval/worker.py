@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .config import as_batches
 from .data_sources import eval_ids, load_task_items
 from .engine import TorchEngine
 from .errors import UserError
@@ -58,11 +59,33 @@ def _greedy(engine, prompt: torch.Tensor, n: int, cache_len: int) -> list[int]:
     return greedy_generate(engine, prompt, n)[0].tolist()
 
 
+def _further_batches(engine, lat: dict, batches: list[int], seed: int, job: dict,
+                     result: dict) -> None:
+    """Latency at every batch size after the primary one, stored under `_b<B>` names in
+    metrics, stats and samples.  One untimed generation at the new shape comes first (what
+    compile-style passes did at optimize time for the primary shape).  A batch size that
+    fails is recorded in result["batch_errors"]; the variant's other numbers stand."""
+    from .measure.latency import latency_at_batch
+    from .report.results import at_batch
+
+    for b in batches:
+        try:
+            measured = latency_at_batch(engine, b, lat, seed, job.get("n_params") or 0,
+                                        job.get("ceilings"), shape_warmup=True)
+        except Exception as exc:  # noqa: BLE001 - recorded with its reason, never lost
+            result.setdefault("batch_errors", {})[str(b)] = failure_reason(exc)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        for block in ("metrics", "stats", "samples"):
+            result[block].update({at_batch(k, b): v for k, v in measured[block].items()})
+
+
 def run_job(job: dict) -> dict:
     """Measure one variant; returns the Result dict (status ok | skipped | failed)."""
     from optimizers import PassContext, parse_pipeline
     from optimizers.base import PassSkipped
-    from .measure import ceilings, fidelity, latency, memory, quality
+    from .measure import fidelity, latency, memory, quality
 
     cfg = job["config"]
     device, variant, model_spec = job["device"], job["variant"], job["model"]
@@ -94,7 +117,8 @@ def run_job(job: dict) -> dict:
     fid_windows = _windows(text_ids, min(q["context"], ref.max_positions), q["fidelity_tokens"])
     ref_logits = [ref.forward(w[None]) for w in fid_windows]
     lat = cfg["latency"]
-    prompt = text_ids[: lat["prompt_len"]].repeat(lat["batch"], 1)
+    batches = as_batches(lat["batch"])  # the first is the primary batch size
+    prompt = text_ids[: lat["prompt_len"]].repeat(batches[0], 1)
     cache_len = lat["prompt_len"] + lat["new_tokens"]
     n_greedy = min(q["generate_tokens"], lat["new_tokens"])
     ref_tokens = _greedy(ref, prompt, n_greedy, cache_len)
@@ -114,7 +138,7 @@ def run_job(job: dict) -> dict:
                                 dtype=torch.long)
     ctx = PassContext(device=device, workdir=workdir, seed=cfg.get("seed", 0),
                       train_ids=train_ids, trained=loaded.trained,
-                      warmup_shape=(lat["batch"], cache_len))
+                      warmup_shape=(batches[0], cache_len))
     # passes mutate the model in place: give them their own copy, keep the reference intact
     import copy
 
@@ -154,27 +178,19 @@ def run_job(job: dict) -> dict:
     tokens = _greedy(engine, prompt, n_greedy, cache_len)
     m["first_divergence"] = fidelity.first_divergence(ref_tokens, tokens)
 
-    lr = latency.measure_latency(engine, lat["batch"], lat["prompt_len"], lat["new_tokens"],
-                                 warmup=lat["warmup"], min_repeats=lat["min_repeats"],
-                                 min_time_s=lat["min_time_s"], seed=cfg.get("seed", 0))
-    lat_dict = lr.as_dict(include_samples=True)
-    m.update({k: lat_dict[k] for k in ("ttft_ms", "tpot_ms", "decode_tok_s", "prefill_tok_s")})
-    result["stats"] = lat_dict["stats"]
-    result["samples"] = lat_dict["samples"]
-    result["latency_protocol"] = {k: lat[k] for k in lat}
-
-    weights_bytes = engine.nbytes()
-    m["weights_mb"] = weights_bytes / MB
+    # latency: the primary batch size under the plain names, every further one as `_b<B>`
+    primary = latency.latency_at_batch(engine, batches[0], lat, cfg.get("seed", 0),
+                                       job.get("n_params") or 0, job.get("ceilings"))
+    m.update(primary["metrics"])
+    result["stats"] = primary["stats"]
+    result["samples"] = primary["samples"]
+    result["latency_protocol"] = {**lat, "batch": batches[0], "batches": batches}
+    # before the further batch sizes: nbytes() counts the engine's KV cache at its current shape
+    m["weights_mb"] = engine.nbytes() / MB
     files = [Path(f) for f in engine.artifact_files()]
     m["artifact_mb"] = sum(f.stat().st_size for f in files if f.is_file()) / MB if files else None
     m["optimize_s"] = optimize_s
-    ceil = job.get("ceilings") or {}
-    m["bandwidth_gbs"] = ceilings.decode_bandwidth_gbs(engine.decode_nbytes(), m["tpot_ms"])
-    bw, gflops = ceil.get("memory_bandwidth_gbs"), ceil.get("matmul_gflops")
-    m["roofline_pct"] = ceilings.percent_of(m["bandwidth_gbs"], bw) if bw else None
-    achieved = ceilings.prefill_gflops(job.get("n_params") or 0, lat["batch"], lat["prompt_len"],
-                                       m["ttft_ms"])
-    m["flops_pct"] = ceilings.percent_of(achieved, gflops) if gflops else None
+    _further_batches(engine, lat, batches[1:], cfg.get("seed", 0), job, result)
 
     # ---- quality (trained weights only) -----------------------------------------------
     result["quality_protocol"] = {"context": q["context"], "stride": q["stride"],

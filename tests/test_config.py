@@ -85,3 +85,29 @@ def test_flags_override_file():
     assert cfg.variants == ["bf16", "int8-dynamic"]
     assert cfg.devices == ["cpu", "cuda"]
     assert cfg.quality.text == "b.txt" and cfg.models == ["tiny"] and cfg.timeout_s == 5
+
+
+@pytest.mark.parametrize("text,batches", [
+    ("[latency]\nbatch = 8\n", [8]),
+    ("[latency]\nbatch = [1, 8]\n", [1, 8]),
+    ("[latency]\nbatch = [8, 1]\n", [8, 1]),  # the first is the primary one, whatever its size
+    ("", [1]),
+])
+def test_batch_is_an_int_or_a_list(text, batches):
+    cfg = parse_config(text)
+    assert cfg.latency.batches == batches
+    assert parse_config(text).model_dump() == cfg.model_dump()  # saved config reloads the same
+
+
+@pytest.mark.parametrize("value,words", [
+    ("[1, 8, 8]", "lists 8 twice; keep one"),
+    ("[]", "empty list"),
+    ("0", "must be ≥ 1 (got 0)"),
+    ("[1, 0]", "lists 0; every batch size must be ≥ 1"),
+    ("[1, 2.5]", "lists 2.5, not an integer"),
+    ("true", "integer"),
+    ('"8"', "integer"),
+])
+def test_bad_batch_is_one_line_naming_key_and_line(value, words):
+    msg = _err(f'name = "x"\n[latency]\nbatch = {value}\n')
+    assert msg.startswith("study.toml, line 3: latency.batch: ") and words in msg

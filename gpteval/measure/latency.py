@@ -125,3 +125,31 @@ def measure_latency(engine: Engine, batch: int, prompt_len: int, new_tokens: int
     steps = [s * 1e3 for r in runs for s in r[1:]]
     return LatencyResult(Stats(ttft, seed), Stats(tpot, seed), Stats(steps, seed), batch,
                          prompt_len, new_tokens, warmup, min_repeats, min_time_s)
+
+
+def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, n_params: int = 0,
+                     ceilings: dict | None = None, shape_warmup: bool = False) -> dict:
+    """measure_latency at one batch size (prompt_len, new_tokens, warmup, min_repeats and
+    min_time_s from `protocol`, the config's [latency]) and what follows from it:
+    {"metrics": ttft_ms, tpot_ms, decode_tok_s, prefill_tok_s, bandwidth_gbs, roofline_pct,
+    flops_pct; "stats", "samples": ttft_ms, tpot_ms, decode_step_ms}.  `ceilings` holds the
+    device's memory_bandwidth_gbs / matmul_gflops (percentages are None without them).
+    shape_warmup: one untimed generation at this shape first, for an engine that was warmed
+    up (compiled, graph-captured) at another batch size."""
+    from . import ceilings as C
+
+    prompt_len, new_tokens = protocol["prompt_len"], protocol["new_tokens"]
+    if shape_warmup:
+        engine.reset(batch, prompt_len + new_tokens)
+        greedy_generate(engine, torch.zeros(batch, prompt_len, dtype=torch.long), new_tokens)
+    d = measure_latency(engine, batch, prompt_len, new_tokens, warmup=protocol["warmup"],
+                        min_repeats=protocol["min_repeats"], min_time_s=protocol["min_time_s"],
+                        seed=seed).as_dict(include_samples=True)
+    m = {k: d[k] for k in ("ttft_ms", "tpot_ms", "decode_tok_s", "prefill_tok_s")}
+    bw, gflops = (ceilings or {}).get("memory_bandwidth_gbs"), (ceilings or {}).get("matmul_gflops")
+    # one decode step reads the weights once for the whole batch
+    m["bandwidth_gbs"] = C.decode_bandwidth_gbs(engine.decode_nbytes(), m["tpot_ms"])
+    m["roofline_pct"] = C.percent_of(m["bandwidth_gbs"], bw) if bw else None
+    achieved = C.prefill_gflops(n_params, batch, prompt_len, m["ttft_ms"])
+    m["flops_pct"] = C.percent_of(achieved, gflops) if gflops else None
+    return {"metrics": m, "stats": d["stats"], "samples": d["samples"]}

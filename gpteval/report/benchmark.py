@@ -7,6 +7,9 @@ github-action-benchmark's custom tools take one direction per file, so a run wri
 - `benchmark-smaller.json`: tool `customSmallerIsBetter` — ttft_ms, tpot_ms, peak_rss_mb,
   weights_mb, ppl, bpb, kl_mean.
 
+A run with several batch sizes (latency.batch = [1, 8]) adds the `_b<B>` forms of the latency
+metrics above (decode_tok_s_b8, ttft_ms_b8, …) to the same files.
+
 Each is a list of {"name", "unit", "value", "range"?, "extra"?}: name is
 "<model>/<variant>/<device> <metric>", range is "± half the 95 % CI" where the run measured
 one, extra says backend, dtype and sample count.  Only ok results are listed.
@@ -37,11 +40,16 @@ def _half_width(lo, hi) -> str | None:
 def _range(entry: dict, metric: str, row: dict) -> str | None:
     """The entry's 95 % CI of `metric` as github-action-benchmark's range string."""
     stats = entry.get("stats") or {}
-    if metric in ("ttft_ms", "tpot_ms"):
-        s = stats.get(metric) or {}
+    base, batch = R.split_batch(metric)
+
+    def series(name: str) -> dict:  # the stats of `name` at the batch size of `metric`
+        return stats.get(name if batch is None else R.at_batch(name, batch)) or {}
+
+    if base in ("ttft_ms", "tpot_ms"):
+        s = series(base)
         return _half_width(s.get("ci95_lo"), s.get("ci95_hi"))
-    if metric == "decode_tok_s":
-        s, tok_s = stats.get("tpot_ms") or {}, R.metric(entry, "decode_tok_s")
+    if base == "decode_tok_s":
+        s, tok_s = series("tpot_ms"), R.metric(entry, metric)
         lo, hi, med = s.get("ci95_lo"), s.get("ci95_hi"), s.get("median")
         if not (lo and hi and med and tok_s):
             return None
@@ -58,12 +66,19 @@ def _entry(entry: dict, row: dict, metric: str, unit: str, value: float) -> dict
     if spread:
         out["range"] = spread
     engine = entry.get("engine") or {}
-    n = len(R.samples(entry, "tpot_ms"))
+    batch = R.split_batch(metric)[1]
+    n = len(R.samples(entry, "tpot_ms" if batch is None else R.at_batch("tpot_ms", batch)))
     extra = [f"backend={engine['backend']}" if engine.get("backend") else "",
              f"dtype={engine['dtype']}" if engine.get("dtype") else "", f"repeats={n}" if n else ""]
     if any(extra):
         out["extra"] = " ".join(e for e in extra if e)
     return out
+
+
+def _further(entry: dict, table: tuple) -> tuple:
+    """The `_b<B>` forms of table's latency metrics at the entry's further batch sizes."""
+    sizes = R.batches(entry.get("latency_protocol"))[1:]
+    return tuple((R.at_batch(m, b), unit) for b in sizes for m, unit in table if m in R.BATCH_METRICS)
 
 
 def benchmark_entries(results: dict, budget: QualityBudget | None = None) -> tuple[list[dict], list[dict]]:
@@ -75,11 +90,11 @@ def benchmark_entries(results: dict, budget: QualityBudget | None = None) -> tup
             continue
         entry = by_key[(row["model"], row["variant"], row["device"])]
         accuracies = sorted(m for m in (entry.get("metrics") or {}) if m.startswith("acc_"))
-        for metric, unit in BIGGER + tuple((m, "fraction") for m in accuracies):
+        for metric, unit in BIGGER + tuple((m, "fraction") for m in accuracies) + _further(entry, BIGGER):
             value = row["speedup"] if metric == "speedup" else R.metric(entry, metric)
             if value is not None:
                 bigger.append(_entry(entry, row, metric, unit, value))
-        for metric, unit in SMALLER:
+        for metric, unit in SMALLER + _further(entry, SMALLER):
             value = R.metric(entry, metric)
             if value is not None:
                 smaller.append(_entry(entry, row, metric, unit, value))

@@ -49,6 +49,17 @@ DEFINITIONS = (
                 "accepted variant."),
 )
 
+BATCH_DEFINITION = (
+    "`<metric>_b<B>`", "a latency metric (ttft_ms, tpot_ms, decode_tok_s, prefill_tok_s, "
+    "bandwidth_gbs, roofline_pct, flops_pct) measured the same way at batch size B, a further "
+    "entry of latency.batch (after one untimed generation at that shape); the plain names are at "
+    "the first.  A decode step reads the weights once for the whole batch, so bandwidth_gbs and "
+    "roofline % count them once per step.")
+
+# (metric, column title, digits) of the Batch sizes table, repeated for every batch size
+BATCH_COLUMNS = (("decode_tok_s", "decode tok/s", 1), ("tpot_ms", "tpot_ms", 2),
+                 ("ttft_ms", "TTFT ms", 2), ("roofline_pct", "roofline %", 1))
+
 SUMMARY_HEADER = ["variant", "device", "status", "decode tok/s", "speedup vs eager (95 % CI)", "TTFT ms",
                   "peak RSS MB", "weights MB", "ppl", "Δppl", "top-1", "KL", "roofline %", "verdict"]
 
@@ -88,11 +99,18 @@ def _distinct(entries: list[dict], block: str) -> list[dict]:
     return [p for p in map(json.loads, texts) if p]
 
 
+def _batch_words(p: dict) -> str:
+    sizes = R.batches(p)
+    if len(sizes) > 1:
+        return f"batch sizes {', '.join(map(str, sizes))} (primary {sizes[0]})"
+    return f"batch {sizes[0] if sizes else p.get('batch')}"
+
+
 def _protocols(entries: list[dict]) -> list[str]:
     lines = []
     for p in _distinct(entries, "latency_protocol"):
         lines.append(
-            f"Latency protocol: batch {p.get('batch')}, prompt {p.get('prompt_len')} tokens, "
+            f"Latency protocol: {_batch_words(p)}, prompt {p.get('prompt_len')} tokens, "
             f"{p.get('new_tokens')} new tokens, greedy; {p.get('warmup')} warm-up run(s), then repeats "
             f"until ≥ {p.get('min_repeats')} and ≥ {p.get('min_time_s')} s.")
     for p in _distinct(entries, "quality_protocol"):
@@ -105,11 +123,43 @@ def _protocols(entries: list[dict]) -> list[str]:
 def _model_section(model: str, rows: list[dict], entries: list[dict]) -> list[str]:
     table = fmt.md_table(SUMMARY_HEADER, [summary_cells(r) for r in rows], align="lll" + "r" * 10 + "l")
     out = [f"## Model `{model}`", "", table, ""]
+    if R.several_batches(entries):
+        sizes = " or ".join(str(b) for b in R.primary_batches(entries))
+        out += [(f"Speed columns are at batch {sizes}, the first of latency.batch; every batch size "
+                 "is under [Batch sizes](#batch-sizes)."), ""]
     for (m, device), best in recommendations(rows).items():
         out.append(f"**Recommendation ({m}, {device}):** {recommendation_line(m, device, best)}.")
         out.append("")
     out += [line + "\n" for line in _protocols(entries)]
     return out
+
+
+def batch_section(rows: list[dict], entries: list[dict]) -> list[str]:
+    """The "Batch sizes" section: one row per ok model × variant × device with BATCH_COLUMNS at
+    every batch size of the run; nothing when every result has one batch size."""
+    if not R.several_batches(entries):
+        return []
+    by_key = {R.key(e): e for e in entries}
+    ok = [by_key[(r["model"], r["variant"], r["device"])] for r in rows if r["status"] == "ok"]
+    sizes = R.order_of_appearance(b for e in ok for b in R.batches(e.get("latency_protocol")))
+    header = ["model", "variant", "device"] + [f"{title} (batch {b})" for b in sizes
+                                               for _, title, _ in BATCH_COLUMNS]
+    table = []
+    for e in ok:
+        own = R.batches(e.get("latency_protocol"))
+        cells = [e["model"], e["variant"], e["device"]]
+        for b in sizes:
+            for name, _, digits in BATCH_COLUMNS:
+                value = None if b not in own else R.metric(e, name if b == own[0] else R.at_batch(name, b))
+                cells.append(fmt.num(value, digits))
+        table.append(cells)
+    note = "Latency at every size of latency.batch (decode tok/s counts the tokens of the whole batch)."
+    align = "lll" + "r" * (len(header) - 3)
+    out = ["## Batch sizes", "", note, "", fmt.md_table(header, table, align=align), ""]
+    for e in entries:
+        for b, reason in sorted((e.get("batch_errors") or {}).items(), key=lambda kv: int(kv[0])):
+            out.append(f"- `{R.label(e)}` at batch {b} **failed**: {fmt.cell(reason)}")
+    return out + ([""] if out[-1] else [])
 
 
 def _environment(env: dict) -> str:
@@ -161,6 +211,7 @@ def render_markdown(results: dict, budget: QualityBudget | None = None, plots: b
     for model in R.order_of_appearance(e["model"] for e in entries):
         out += _model_section(model, [r for r in rows if r["model"] == model],
                               [e for e in entries if e["model"] == model])
+    out += batch_section(rows, entries)
     if plots and any(e["status"] == "ok" for e in entries):
         out += ["## Plots", ""]
         for stem, caption in PLOTS:
@@ -171,6 +222,8 @@ def render_markdown(results: dict, budget: QualityBudget | None = None, plots: b
             for e in not_ok] or (["None: every variant ran."] if entries else ["None."])
     out += ["", "## Metric definitions", ""]
     out += [f"- **{term}**: {text}" for term, text in DEFINITIONS]
+    if R.several_batches(entries):
+        out.append(f"- **{BATCH_DEFINITION[0]}**: {BATCH_DEFINITION[1]}")
     out += ["", "## Environment", "", _environment(results.get("env") or {}), ""]
     config = run.get("config")
     if config:

@@ -30,6 +30,13 @@ def _groups(results: dict) -> list[tuple[str, str, list[dict]]]:
     return out
 
 
+def _title(model: str, device: str, entries: list[dict]) -> str:
+    """'model on device', and the batch size the speeds are at when the run measured several."""
+    if not R.several_batches(entries):
+        return f"{model} on {device}"
+    return f"{model} on {device}, batch {' or '.join(map(str, R.primary_batches(entries)))}"
+
+
 def _figure(n_panels: int, width_scale: float = 1.0):
     """(fig, axes) with one panel per group, two per row."""
     from matplotlib.figure import Figure
@@ -96,6 +103,7 @@ def plot_pareto(results: dict, path: Path, budget: QualityBudget | None = None) 
         _empty(fig, axes, "no variant with both speed and quality")
     colors = {"reference": "tab:blue", "accepted": "tab:green", "rejected": "tab:red",
               "unjudged": "tab:gray"}
+    groups = {(m, d): es for m, d, es in _groups(results)}
     for ax, ((model, device), (axis, points)) in zip(axes, data.items()):
         for variant, x, y, verdict, recommended in points:
             ax.scatter([x], [y], s=140 if recommended else 50, marker="*" if recommended else "o",
@@ -105,7 +113,7 @@ def plot_pareto(results: dict, path: Path, budget: QualityBudget | None = None) 
         if len(front) > 1:
             ax.plot([p[1] for p in front], [p[2] for p in front], color="0.5", linestyle="--", zorder=2)
         ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
-        ax.set_title(f"{model} on {device}")
+        ax.set_title(_title(model, device, groups[(model, device)]))
         ax.set_xlabel(f"quality cost: {axis} (lower is better)")
         ax.set_ylabel("decode tok/s (higher is better)")
         ax.grid(True, alpha=0.3)
@@ -129,7 +137,7 @@ def plot_latency(results: dict, path: Path) -> Path:
         kw = {"orientation": "horizontal"} if new_api else {"vert": False}
         ax.boxplot(boxes, flierprops={"markersize": 2}, **kw)
         ax.set_yticks(range(1, len(entries) + 1), [e["variant"] for e in entries])
-        ax.set_title(f"{model} on {device}")
+        ax.set_title(_title(model, device, entries))
         ax.set_xlabel("decode step ms (lower is better)")
         ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, path)

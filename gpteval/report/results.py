@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -33,8 +34,62 @@ METRIC_ORDER = (
 )
 
 
+# Latency metrics measured again at every further size of latency.batch, named with a `_b<B>`
+# suffix (decode_tok_s_b8); their stats and samples carry the same suffix (decode_step_ms_b8).
+BATCH_METRICS = ("decode_tok_s", "prefill_tok_s", "ttft_ms", "tpot_ms", "bandwidth_gbs",
+                 "roofline_pct", "flops_pct")
+BATCH_SERIES = ("ttft_ms", "tpot_ms", "decode_step_ms")
+_BATCH_SUFFIX = re.compile(r"^(?P<base>[a-z0-9_]+?)_b(?P<batch>[1-9][0-9]*)$")
+
+
+def at_batch(name: str, batch: int) -> str:
+    """The name of `name` measured at a further batch size: ('tpot_ms', 8) -> 'tpot_ms_b8'."""
+    return f"{name}_b{batch}"
+
+
+def split_batch(name: str) -> tuple[str, int | None]:
+    """('decode_tok_s_b8') -> ('decode_tok_s', 8); a name without a batch suffix -> (name, None).
+    Only latency metrics and series carry the suffix (acc_<task> names are left alone)."""
+    m = _BATCH_SUFFIX.match(name)
+    if m and m["base"] in BATCH_METRICS + BATCH_SERIES:
+        return m["base"], int(m["batch"])
+    return name, None
+
+
+def batches(protocol: dict | None) -> list[int]:
+    """Every batch size of a latency_protocol, the primary (main-table) one first.  Reads
+    `batches` (written since latency.batch may be a list) or an int or list `batch`."""
+    protocol = protocol or {}
+    value = protocol.get("batches", protocol.get("batch"))
+    values = value if isinstance(value, list) else [value]
+    return [int(b) for b in values if isinstance(b, int) and not isinstance(b, bool)]
+
+
+def further_batches(entry: dict) -> list[int]:
+    """The batch sizes after the primary one that an entry was measured at (`_b<B>` names)."""
+    return batches(entry.get("latency_protocol"))[1:]
+
+
+def shared_further_batches(a: dict, b: dict) -> list[int]:
+    """The further batch sizes of entry `a` that entry `b` was measured at too."""
+    return [n for n in further_batches(a) if n in further_batches(b)]
+
+
+def several_batches(entries: list[dict]) -> bool:
+    """True when some ok entry measured latency at more than one batch size."""
+    return any(len(batches(e.get("latency_protocol"))) > 1 for e in entries if e.get("status") == "ok")
+
+
+def primary_batches(entries: list[dict]) -> list[int]:
+    """The distinct primary (first) batch sizes of the ok entries, in order of appearance."""
+    firsts = (batches(e.get("latency_protocol"))[:1] for e in entries if e.get("status") == "ok")
+    return order_of_appearance(b for first in firsts for b in first)
+
+
 def higher_is_better(metric: str) -> bool:
-    """True when a larger value of `metric` is an improvement (acc_<task> included)."""
+    """True when a larger value of `metric` is an improvement (acc_<task> and the `_b<B>`
+    forms of latency metrics included)."""
+    metric = split_batch(metric)[0]
     return metric in HIGHER_IS_BETTER or metric.startswith("acc_")
 
 
@@ -67,7 +122,14 @@ def metric_names(entries: list[dict]) -> list[str]:
     """Every metric name that occurs in `entries`, canonical ones first, then sorted."""
     seen = {name for e in entries for name in (e.get("metrics") or {})}
     known = [m for m in METRIC_ORDER if m in seen]
-    return known + sorted(seen - set(METRIC_ORDER))
+    # the `_b<B>` forms next: by batch size, then in the canonical order of their base
+    suffixed = sorted((m for m in seen if split_batch(m)[1] is not None), key=_batch_order)
+    return known + suffixed + sorted(seen - set(METRIC_ORDER) - set(suffixed))
+
+
+def _batch_order(name: str) -> tuple[int, int, str]:
+    base, batch = split_batch(name)
+    return batch or 0, METRIC_ORDER.index(base) if base in METRIC_ORDER else len(METRIC_ORDER), name
 
 
 def order_of_appearance(values) -> list:

@@ -38,8 +38,10 @@ def csv_rows(results: dict, budget: QualityBudget | None = None) -> tuple[list[s
         engine, proto = entry.get("engine") or {}, entry.get("latency_protocol") or {}
         steps = (entry.get("stats") or {}).get("decode_step_ms") or {}
         row = {c: summary.get(c) for c in ("model", "variant", "device", "status", "reason")}
-        row.update(backend=engine.get("backend"), dtype=engine.get("dtype"), batch=proto.get("batch"),
-                   prompt_len=proto.get("prompt_len"), new_tokens=proto.get("new_tokens"))
+        # batch: the primary batch size, the one the unsuffixed latency columns are at
+        row.update(backend=engine.get("backend"), dtype=engine.get("dtype"),
+                   batch=(R.batches(proto) or [None])[0], prompt_len=proto.get("prompt_len"),
+                   new_tokens=proto.get("new_tokens"))
         row.update(_flat_metrics(entry))
         row.update(speedup=summary["speedup"], speedup_ci95_lo=summary["speedup_lo"],
                    speedup_ci95_hi=summary["speedup_hi"], ppl_delta_pct=summary["ppl_delta_pct"],
@@ -104,6 +106,9 @@ def console_table(results: dict, budget: QualityBudget | None = None):
         table.add_row(*(escape(c) for c in cells), style=style)
     lines = [f"Recommendation ({m}, {d}): {recommendation_line(m, d, best)}"
              for (m, d), best in recommendations(rows).items()]
+    if R.several_batches(results["results"]):
+        sizes = " or ".join(str(b) for b in R.primary_batches(results["results"]))
+        lines.append(f"Speed at batch {sizes}; every batch size is in report.md (Batch sizes).")
     table.caption = escape("\n".join(lines).replace("`", ""))
     table.caption_justify = "left"
     return table
