@@ -146,7 +146,8 @@ def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, 
                         min_repeats=protocol["min_repeats"], min_time_s=protocol["min_time_s"],
                         seed=seed).as_dict(include_samples=True)
     m = {k: d[k] for k in ("ttft_ms", "tpot_ms", "decode_tok_s", "prefill_tok_s")}
-    bw, gflops = (ceilings or {}).get("memory_bandwidth_gbs"), (ceilings or {}).get("matmul_gflops")
+    bw = (ceilings or {}).get("memory_bandwidth_gbs")
+    gflops = C.matmul_ceiling_gflops(ceilings or {}, engine.describe().get("dtype"))
     # one decode step reads the weights once for the whole batch
     m["bandwidth_gbs"] = C.decode_bandwidth_gbs(engine.decode_nbytes(), m["tpot_ms"])
     m["roofline_pct"] = C.percent_of(m["bandwidth_gbs"], bw) if bw else None
