@@ -107,14 +107,18 @@ def torchao_missing() -> str | None:
     return missing_package("torchao", "torchao")
 
 
-def quantize_with_torchao(model: GPT, config) -> tuple[int, int]:
-    """torchao `quantize_` on every nn.Linear; returns (quantized, left in float).
+def quantize_with_torchao(model: GPT, config, filter_fn=None) -> tuple[int, int]:
+    """torchao `quantize_` on every nn.Linear (or those `filter_fn(module, fqn)` accepts);
+    returns (quantized, left in float).
 
     torchao skips layers whose shapes its kernels cannot take (it only logs that), so the
     count is read back from the weights."""
     from torchao.quantization import quantize_
 
-    quantize_(model, config)
+    if filter_fn is None:
+        quantize_(model, config)  # torchao's default filter: every nn.Linear
+    else:
+        quantize_(model, config, filter_fn=filter_fn)
     linears = model_linears(model)
     quantized = sum(not is_plain(m.weight) for m in linears)
     return quantized, len(linears) - quantized
@@ -254,6 +258,14 @@ class Int4WeightOnly(Pass):
         return te
 
 
+def fp8_shape_ok(module: nn.Module, fqn: str = "") -> bool:
+    """cuBLASLt's float8 matmul (torch._scaled_mm) takes only dimensions divisible by 16;
+    GPT-2's lm_head has 50,257 outputs and stays in bf16 (measured on an H200: quantizing
+    it fails with CUBLAS_STATUS_NOT_SUPPORTED)."""
+    return (isinstance(module, nn.Linear) and module.in_features % 16 == 0
+            and module.out_features % 16 == 0)
+
+
 class FP8(Pass):
     name = "fp8"
     summary = ("float8 e4m3 weights and per-call activations, per-row scales (torchao); "
@@ -281,7 +293,8 @@ class FP8(Pass):
         linearize(te.model)
         te.model.to(torch.bfloat16)  # per-row float8 scaling takes bf16 weights
         done, left = quantize_with_torchao(
-            te.model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+            te.model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+            filter_fn=fp8_shape_ok)
         te.notes.append(f"fp8: torchao Float8DynamicActivationFloat8WeightConfig(PerRow) on "
                         f"{done} linear layers incl. lm_head (untied), model cast to "
                         f"bf16{_left(left)}")

@@ -103,8 +103,10 @@ def test_cuda_ceilings_include_bf16_matmul():
     from gpteval.measure.ceilings import device_ceilings
 
     c = device_ceilings("cuda")
-    # tensor cores: bf16 matmul is several times fp32's rate on every GPU torch supports
-    assert c["matmul_bf16_gflops"] > 2 * c["matmul_gflops"]
+    # tensor cores: bf16 beats fp32 even where the process allows TF32 for fp32 matmuls
+    # (measured on an H200: 794 TFLOP/s bf16, 52 fp32 without TF32; a 2x margin failed
+    # under pytest, where an imported library had switched TF32 on)
+    assert c["matmul_bf16_gflops"] > c["matmul_gflops"]
     assert c["memory_bandwidth_gbs"] == max(c[f"bandwidth_{k}_gbs"] for k in ("gemv", "sum", "copy"))
 
 

@@ -79,3 +79,16 @@ def test_int4_on_cpu_reports_what_torchao_says():
 def test_fp8_needs_cuda():
     reason = pass_class("fp8")().available("cpu")
     assert reason and "compute capability >= 8.9" in reason
+
+
+def test_fp8_leaves_shapes_cublas_cannot_take_in_bf16():
+    """GPT-2's lm_head (50,257 outputs) failed fp8 on an H200 with CUBLAS_STATUS_NOT_SUPPORTED:
+    _scaled_mm needs every dimension divisible by 16."""
+    import torch.nn as nn
+
+    from optimizers.quantize import fp8_shape_ok
+
+    assert fp8_shape_ok(nn.Linear(1600, 4800, device="meta"))
+    assert not fp8_shape_ok(nn.Linear(1600, 50257, device="meta"))
+    assert not fp8_shape_ok(nn.Linear(1601, 64, device="meta"))
+    assert not fp8_shape_ok(nn.LayerNorm(16, device="meta"))

@@ -42,7 +42,9 @@ DEFINITIONS = (
     ("max_abs_logit_diff", "largest absolute logit difference from `eager`."),
     ("roofline %", "achieved weight bandwidth (bytes of weights one decode step reads — "
                    "embedding tables only gathered are left out — × decode steps/s) over this "
-                   "machine's measured read bandwidth (a batch-1 matrix-vector product over 256 MiB)."),
+                   "device's measured memory bandwidth: the best of a GEMV, a reduction and a copy over "
+                   "256 MiB (CPU) or 1 GiB (CUDA), listed under Environment; the static KV cache "
+                   "a step attends over counts as read."),
     ("acc_<task>", "task accuracy from a local JSONL file (last-word cloze, or multiple choice by "
                    "log-likelihood)."),
     ("verdict", "accepted when within the quality budget; the recommendation is the fastest "
@@ -73,6 +75,14 @@ def _speedup_cell(row: dict) -> str:
     return text
 
 
+def _not_run(run: dict, entries: list[dict]) -> list[str]:
+    """model/variant/device of every job the resolved config asked for that has no result."""
+    config = run.get("config") or {}
+    done = {(e["model"], e["variant"], e["device"]) for e in entries}
+    return [f"{m}/{v}/{d}" for m in config.get("models", []) for d in config.get("devices", [])
+            for v in config.get("variants", []) if (m, v, d) not in done]
+
+
 def _verdict_cell(row: dict) -> str:
     if row["status"] != "ok":
         return fmt.DASH
@@ -80,6 +90,8 @@ def _verdict_cell(row: dict) -> str:
         return f"{row['verdict']}: {row['verdict_reason']}"
     if row["verdict"] == "accepted" and "top-1 agreement only" in row["verdict_reason"]:
         return "accepted (top-1 only)"
+    if row["verdict"] == "accepted" and row["verdict_reason"].startswith("judged on "):
+        return f"accepted ({row['verdict_reason'].split(' (')[0]})"
     return row["verdict"]
 
 
@@ -220,6 +232,9 @@ def render_markdown(results: dict, budget: QualityBudget | None = None, plots: b
     out += ["## Skipped and failed", ""]
     out += [f"- `{R.label(e)}` **{e['status']}**: {fmt.cell(e.get('reason') or 'no reason recorded')}"
             for e in not_ok] or (["None: every variant ran."] if entries else ["None."])
+    if run.get("interrupted"):
+        out += [f"- `{label}` **not run**: the run was interrupted before it (finish it with "
+                "`gpteval run CONFIG --resume --out DIR`)" for label in _not_run(run, entries)]
     out += ["", "## Metric definitions", ""]
     out += [f"- **{term}**: {text}" for term, text in DEFINITIONS]
     if R.several_batches(entries):

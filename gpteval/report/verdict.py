@@ -76,6 +76,24 @@ def judge(entry: dict, reference: dict | None, budget: QualityBudget) -> Verdict
     return Verdict(True, "accepted", "within budget")
 
 
+def is_random_weights(entry: dict) -> bool:
+    """A preset with random weights: no perplexity, and its logits are near-uniform, so
+    top-1 agreement flips on noise that a trained model shrugs off."""
+    return entry["status"] == "ok" and R.metric(entry, "ppl") is None and bool(entry.get("quality_note"))
+
+
+def judge_by_trained(entry: dict, trained: dict[tuple[str, str], tuple[str, Verdict]]) -> Verdict | None:
+    """A random-weight variant takes the verdict of the same pipeline on a trained model of
+    the same run and device (speed from the preset, quality from the trained model); None
+    when the run has no such result."""
+    hit = trained.get((entry["variant"], entry["device"]))
+    if hit is None or hit[1].accepted is None or entry["variant"] == R.REFERENCE_VARIANT:
+        return None
+    model, v = hit
+    where = f"judged on `{model}` (random weights here)"
+    return Verdict(v.accepted, v.label, f"{where}: {v.reason}")
+
+
 def speedup_ci(entry: dict, reference: dict | None, seed: int = 0):
     """(speedup, lo, hi) of decode tok/s over the reference; CI by bootstrap of the ratio of
     median tpot (reference / variant), scaled by the batch ratio. None where not computable."""
@@ -117,10 +135,18 @@ def summary_rows(results: dict, budget: QualityBudget | None = None) -> list[dic
     entries = results["results"]
     models = R.order_of_appearance(e["model"] for e in entries)
     devices = R.order_of_appearance(e["device"] for e in entries)
+    # verdicts of trained models first: random-weight presets borrow them per pipeline
+    trained: dict[tuple[str, str], tuple[str, Verdict]] = {}
+    for entry in entries:
+        if entry["status"] == "ok" and R.metric(entry, "ppl") is not None:
+            v = judge(entry, refs.get((entry["model"], entry["device"])), budget)
+            trained.setdefault((entry["variant"], entry["device"]), (entry["model"], v))
     rows = []
     for entry in entries:
         ref = refs.get((entry["model"], entry["device"]))
         verdict = judge(entry, ref, budget)
+        if is_random_weights(entry):
+            verdict = judge_by_trained(entry, trained) or verdict
         speedup, lo, hi = speedup_ci(entry, ref)
         ppl, ref_ppl = R.metric(entry, "ppl"), (R.metric(ref, "ppl") if ref else None)
         rows.append({
