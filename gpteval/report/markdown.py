@@ -75,12 +75,17 @@ def _speedup_cell(row: dict) -> str:
     return text
 
 
-def _not_run(run: dict, entries: list[dict]) -> list[str]:
-    """model/variant/device of every job the resolved config asked for that has no result."""
+def _not_run(run: dict, entries: list[dict]) -> dict[tuple[str, str], list[str]]:
+    """(model, device) -> the variants the resolved config asked for that have no result."""
     config = run.get("config") or {}
     done = {(e["model"], e["variant"], e["device"]) for e in entries}
-    return [f"{m}/{v}/{d}" for m in config.get("models", []) for d in config.get("devices", [])
-            for v in config.get("variants", []) if (m, v, d) not in done]
+    missing: dict[tuple[str, str], list[str]] = {}
+    for m in config.get("models", []):
+        for d in config.get("devices", []):
+            for v in config.get("variants", []):
+                if (m, v, d) not in done:
+                    missing.setdefault((m, d), []).append(v)
+    return missing
 
 
 def _verdict_cell(row: dict) -> str:
@@ -232,9 +237,10 @@ def render_markdown(results: dict, budget: QualityBudget | None = None, plots: b
     out += ["## Skipped and failed", ""]
     out += [f"- `{R.label(e)}` **{e['status']}**: {fmt.cell(e.get('reason') or 'no reason recorded')}"
             for e in not_ok] or (["None: every variant ran."] if entries else ["None."])
-    if run.get("interrupted"):
-        out += [f"- `{label}` **not run**: the run was interrupted before it (finish it with "
-                "`gpteval run CONFIG --resume --out DIR`)" for label in _not_run(run, entries)]
+    missing = _not_run(run, entries) if run.get("interrupted") else {}
+    out += [f"- `{model}` on {device} **not run** (the run was interrupted first; finish with "
+            f"`gpteval run CONFIG --resume --out DIR`): {', '.join(f'`{v}`' for v in variants)}"
+            for (model, device), variants in missing.items()]
     out += ["", "## Metric definitions", ""]
     out += [f"- **{term}**: {text}" for term, text in DEFINITIONS]
     if R.several_batches(entries):
