@@ -81,3 +81,43 @@ def test_top_k_one_is_greedy(tiny_model):
     greedy = tiny_model.generate(prompt, 10)
     top1 = tiny_model.generate(prompt, 10, temperature=0.8, top_k=1, seed=3)
     assert greedy.tolist() == top1.tolist()
+
+
+def test_split_k_decode_matmul_matches_addmm():
+    """Few-row CPU products run as a split-K bmm (torch's one-row mm uses one thread);
+    the result is the same affine map up to rounding order."""
+    from gpteval.model import _split_k_parts, rows_matmul
+
+    torch.manual_seed(0)
+    x, w, b = torch.randn(3, 768), torch.randn(768, 2304), torch.randn(2304)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _split_k_parts(3, 768, x.device) == 2  # the split path is really taken
+        assert _split_k_parts(64, 768, x.device) == 1  # prefill-sized: plain addmm
+        # outputs are ~30 in size here: 2e-4 is fp32 rounding of a 768-term sum
+        torch.testing.assert_close(rows_matmul(x, w, b), torch.addmm(b, x, w), rtol=1e-5, atol=2e-4)
+        torch.testing.assert_close(rows_matmul(x, w, None), x @ w, rtol=1e-5, atol=2e-4)
+        # an odd reduction width falls back to fewer slices instead of failing
+        assert _split_k_parts(1, 769, x.device) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_split_k_is_invisible_to_compile_and_export():
+    """torch.compile and ONNX export must see one matmul (inductor's GEMV, ORT's MatMul
+    quantizers); under tracing the split is off."""
+    from unittest import mock
+
+    from gpteval.model import _split_k_parts
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with mock.patch("torch.compiler.is_compiling", return_value=True):
+            assert _split_k_parts(1, 768, torch.device("cpu")) == 1
+        with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):
+            assert _split_k_parts(1, 768, torch.device("cpu")) == 1
+        assert _split_k_parts(1, 768, torch.device("meta")) == 1  # CPU only
+    finally:
+        torch.set_num_threads(threads)
