@@ -84,7 +84,7 @@ def _further_batches(engine, lat: dict, batches: list[int], seed: int, job: dict
 def run_job(job: dict) -> dict:
     """Measure one variant; returns the Result dict (status ok | skipped | failed)."""
     from optimizers import PassContext, parse_pipeline
-    from optimizers.base import PassSkipped
+    from optimizers.base import PassSkipped, inference_layout
     from .measure import fidelity, latency, memory, quality
 
     cfg = job["config"]
@@ -147,6 +147,7 @@ def run_job(job: dict) -> dict:
     try:
         for p in passes:
             engine = p.apply(engine, ctx)
+        engine = inference_layout(engine)
     except PassSkipped as skip:
         result.update(status="skipped", reason=f"{p.spec}: {skip}")
         return result

@@ -138,9 +138,30 @@ class Eager(Pass):
     def apply(self, engine: Engine, ctx: PassContext) -> Engine:
         te = require_torch_engine(engine, self.name)
         te.model.transpose_lm_head_()
-        te.notes.append("eager: lm_head stored (in, out), untied from the embedding, so "
-                        "decode's x @ W streams rows (same logits, one more copy of the table)")
+        te.notes.append(f"{self.name}: {HEAD_LAYOUT_NOTE}")
         return te
+
+
+HEAD_LAYOUT_NOTE = ("lm_head stored (in, out), untied from the embedding, so decode's x @ W "
+                    "streams rows (same logits, one more copy of the table)")
+
+
+def inference_layout(engine: Engine) -> Engine:
+    """After a variant's passes: give an eager-mode fp32 TorchEngine whose lm_head is still
+    the plain tied nn.Linear the inference layout `eager` has (TransposedHead), so pruned
+    and other dense fp32 variants are not measured with a slower head than their reference.
+    Passes that replaced or quantized lm_head, compiled engines and other dtypes are left
+    as they are."""
+    import torch.nn as nn
+
+    if not isinstance(engine, TorchEngine) or engine.backend != "torch":
+        return engine
+    head = engine.model.lm_head
+    if (type(head) is nn.Linear and type(head.weight) is nn.Parameter
+            and head.weight.dtype == torch.float32 and head.weight.layout == torch.strided):
+        engine.model.transpose_lm_head_()
+        engine.notes.append(f"layout: {HEAD_LAYOUT_NOTE}")
+    return engine
 
 
 class HFPeer(Pass):

@@ -173,3 +173,25 @@ def test_compile_refuses_torch_ao_layers_it_cannot_trace(tmp_path):
     engine = parse_pipeline("int8-dynamic")[0].apply(TorchEngine(tiny_gpt()), context(tmp_path))
     with pytest.raises(PassError, match="int8-weight-only\\+compile"):
         pass_class("compile")().apply(engine, context(tmp_path))
+
+
+@pytest.mark.parametrize("variant,transposed", [
+    ("prune-magnitude:0.5", True),      # dense fp32 with the tied head: gets eager's layout
+    ("prune-structured:0.3", True),
+    ("int8-dynamic", False),            # quantized its own (untied) head
+    ("bf16", False),                    # other dtypes keep theirs
+])
+def test_dense_fp32_variants_get_the_inference_head_layout(variant, transposed, tmp_path):
+    """Every eager-mode fp32 variant decodes through the same lm_head layout as `eager`,
+    so a speed ratio against eager measures the pass, not a slower head."""
+    from gpteval.model import TransposedHead
+    from optimizers import run_pipeline
+    from optimizers.base import inference_layout
+
+    engine = run_pipeline(parse_pipeline(variant), TorchEngine(tiny_gpt(), "cpu"),
+                          PassContext(workdir=tmp_path, trained=False))
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(1))
+    before = engine.forward(ids)
+    engine = inference_layout(engine)
+    assert isinstance(engine.model.lm_head, TransposedHead) is transposed
+    torch.testing.assert_close(engine.forward(ids), before, rtol=0, atol=0)
