@@ -30,8 +30,9 @@ DEFINITIONS = (
     ("decode_step_ms", "wall time of one decode step; p50/p90/p99 of all steps."),
     ("peak RSS MB (peak_rss_mb)", "peak resident memory (VmHWM) of the variant's own process "
      "while it is measured (after loading and optimizing), MiB (2²⁰ bytes)."),
-    ("weights MB (weights_mb)", "bytes of the weights the engine holds in memory (what one "
-     "decode step reads), MiB (2²⁰ bytes); artifact_mb likewise for exported files."),
+    ("weights MB (weights_mb)", "bytes of the weights the engine holds in memory, with the "
+     "static KV cache at the primary batch (both are read by a decode step), MiB (2²⁰ bytes); "
+     "artifact_mb likewise for exported files."),
     ("ppl", "token-level perplexity over the evaluation text, sliding window (context C, stride S, "
             "only tokens beyond the overlap scored)."),
     ("Δppl", "ppl relative to `eager` on the same model and device, in percent."),
