@@ -132,8 +132,7 @@ class TorchEngine(Engine):
         self.notes: list[str] = []
         self.prefill_fn = model.prefill
         self.decode_fn = model.decode
-        self._pos = 0
-        self._pos_t: torch.Tensor | None = None
+        self._pos_t: torch.Tensor | None = None  # next decode position, on the device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -142,18 +141,16 @@ class TorchEngine(Engine):
     def reset(self, batch: int, max_len: int) -> None:
         if self.model.max_batch != batch or self.model.max_len != max_len:
             self.model.setup_cache(batch, max_len)
-        self._pos = 0
         self._pos_t = None
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         ids = ids.to(self.device)
         logits = self.prefill_fn(ids)
-        self._pos = ids.shape[1]
         # the decode position lives on the device and is advanced there: building it from a
         # Python int every step is a blocking host-to-device copy, which on a GPU would wait
         # for the previous step and put the host's launch time into every step's latency
-        self._pos_t = torch.tensor([self._pos], device=self.device)
+        self._pos_t = torch.tensor([ids.shape[1]], device=self.device)
         return logits.float()
 
     @torch.inference_mode()
@@ -164,7 +161,6 @@ class TorchEngine(Engine):
             raise RuntimeError("decode() before prefill(): call reset() and prefill() first")
         logits = self.decode_fn(token, self._pos_t)
         self._pos_t.add_(1)  # stream-ordered after the step that read it
-        self._pos += 1
         return logits.float()
 
     @torch.inference_mode()
