@@ -49,28 +49,50 @@ class DecodeStep(nn.Module):
     form ORT's quantizers rewrite.  The causal mask lets query i (absolute position
     past_len + i) see keys 0 .. past_len + i, which is right for T = 1 and for T > 1 with a
     past alike.
+
+    With `static_cache` (the CPU export) each cache is instead a fixed-length buffer that
+    ORT's GroupQueryAttention updates in place, and the extra scalar input `total` (int32:
+    cached tokens after this call) gives the positions: see `onnx_attention`.
     """
 
-    def __init__(self, model: GPT) -> None:
+    def __init__(self, model: GPT, static_cache: bool = False) -> None:
         super().__init__()
         self.transformer = model.transformer
+        self.static_cache = static_cache
+        if static_cache:
+            from . import onnx_attention  # noqa: F401  registers gpteval::cached_attention
         # untied copy, stored (C, V): see the module docstring
         self.register_buffer("lm_head_weight", model.lm_head.weight.detach().t().contiguous())
 
-    def forward(self, input_ids: torch.Tensor, past: tuple[torch.Tensor, ...]):
+    def forward(self, input_ids: torch.Tensor, past: tuple[torch.Tensor, ...],
+                total: torch.Tensor | None = None):
         tr = self.transformer
         B, T = input_ids.shape
-        P = past[0].shape[2]
-        pos = torch.arange(P, P + T, device=input_ids.device)  # (T,) absolute positions
+        if self.static_cache:  # caches are fixed-length buffers; `total` = tokens after this call
+            from .onnx_attention import seqlens_k
+
+            pos = (total - T).long() + torch.arange(T, device=input_ids.device)
+            last = seqlens_k(total, B)
+        else:  # caches hold exactly the past
+            P = past[0].shape[2]
+            pos = torch.arange(P, P + T, device=input_ids.device)  # (T,) absolute positions
+            visible = torch.arange(P + T, device=input_ids.device)[None, :] <= pos[:, None]
         x = tr.wte(input_ids) + tr.wpe(pos)  # (B, T, C)
-        visible = torch.arange(P + T, device=input_ids.device)[None, :] <= pos[:, None]  # (T, P+T)
         presents: list[torch.Tensor] = []
         for i, block in enumerate(tr.h):
             attn = block.attn
             nh = attn.n_head
             width = attn.c_attn.weight.shape[1] // 3  # pruning may shrink it
             hs = width // nh
-            q, k, v = _affine(block.ln_1(x), attn.c_attn).split(width, dim=2)
+            qkv = _affine(block.ln_1(x), attn.c_attn)
+            if self.static_cache:
+                y, k, v = torch.ops.gpteval.cached_attention(qkv, past[2 * i], past[2 * i + 1],
+                                                             last, total, nh)
+                presents += [k, v]
+                x = x + _affine(y, attn.c_proj)
+                x = x + self._mlp(block, x)
+                continue
+            q, k, v = qkv.split(width, dim=2)
             q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
             k = k.view(B, T, nh, hs).transpose(1, 2)
             v = v.view(B, T, nh, hs).transpose(1, 2)
@@ -81,11 +103,16 @@ class DecodeStep(nn.Module):
             att = att.masked_fill(~visible, float("-inf")).softmax(dim=-1)
             y = (att @ v).transpose(1, 2).reshape(B, T, width)  # (B, T, nh*hs)
             x = x + _affine(y, attn.c_proj)
-            mlp = block.mlp
-            h = F.gelu(_affine(block.ln_2(x), mlp.c_fc), approximate="tanh")  # GPT-2's gelu_new
-            x = x + _affine(h, mlp.c_proj)
+            x = x + self._mlp(block, x)
         logits = tr.ln_f(x) @ self.lm_head_weight  # (B, T, V)
         return (logits, *presents)
+
+
+    @staticmethod
+    def _mlp(block, x: torch.Tensor) -> torch.Tensor:
+        mlp = block.mlp
+        h = F.gelu(_affine(block.ln_2(x), mlp.c_fc), approximate="tanh")  # GPT-2's gelu_new
+        return _affine(h, mlp.c_proj)
 
 
 def _affine(x: torch.Tensor, conv) -> torch.Tensor:
@@ -127,32 +154,44 @@ def _exportable(model: GPT) -> GPT:
     return model
 
 
-def export_decode_step(model: GPT, path: Path) -> dict:
+def export_decode_step(model: GPT, path: Path, static_cache: bool = False) -> dict:
     """Write the decode-step graph to `path` (+ `path`.data); returns what the notes need."""
     model = model.eval()
     cfg = model.config
     device = model.transformer.wte.weight.device
-    step = DecodeStep(model).eval()
+    step = DecodeStep(model, static_cache).eval()
     n_layer = len(model.transformer.h)
-    # example sizes distinct from each other and from 0/1, which torch.export specializes
+    # example sizes distinct from each other and from 0/1, which torch.export specializes;
+    # a static cache holds the past and the new tokens: 7 + 5 of its 13 entries
     B, T, P = 3, 5, 7
     ids = torch.zeros(B, T, dtype=torch.long, device=device)  # values do not matter
     past = []
     for block in model.transformer.h:
         nh = block.attn.n_head
         hs = block.attn.c_attn.weight.shape[1] // 3 // nh
-        past += [torch.zeros(B, nh, P, hs, device=device) for _ in range(2)]
+        past += [torch.zeros(B, nh, P + T + 1 if static_cache else P, hs, device=device)
+                 for _ in range(2)]
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("seq", min=1, max=cfg.n_positions)
-    past_len = torch.export.Dim("past_len", min=0, max=cfg.n_positions)
-    dynamic_shapes = ({0: batch, 1: seq}, tuple({0: batch, 2: past_len} for _ in past))
+    cache_len = torch.export.Dim("cache_len" if static_cache else "past_len",
+                                 min=1 if static_cache else 0, max=cfg.n_positions)
+    dynamic_shapes = [{0: batch, 1: seq}, tuple({0: batch, 2: cache_len} for _ in past)]
+    args: tuple = (ids, tuple(past))
+    names = ["input_ids"] + kv_names(n_layer, "past")
+    extra = {}
+    if static_cache:
+        from .onnx_attention import TOTAL_INPUT, translation_table
+
+        args += (torch.tensor(P + T, dtype=torch.int32, device=device),)
+        dynamic_shapes.append(None)  # a scalar
+        names.append(TOTAL_INPUT)
+        extra["custom_translation_table"] = translation_table()
     path.parent.mkdir(parents=True, exist_ok=True)
     with _quiet(), torch.no_grad():
         program = torch.onnx.export(
-            step, (ids, tuple(past)), str(path), dynamo=True, external_data=True,
-            dynamic_shapes=dynamic_shapes, verbose=False,
-            input_names=["input_ids"] + kv_names(n_layer, "past"),
-            output_names=["logits"] + kv_names(n_layer, "present"))
+            step, args, str(path), dynamo=True, external_data=True,
+            dynamic_shapes=tuple(dynamic_shapes), verbose=False, input_names=names,
+            output_names=["logits"] + kv_names(n_layer, "present"), **extra)
     opset = program.model.opset_imports.get("", None) if program is not None else None
     return {"opset": opset}
 
@@ -202,11 +241,15 @@ class OnnxExport(Pass):
         model = _exportable(te.model)
         path = Path(ctx.workdir) / MODEL_FILE
         t0 = time.perf_counter()
-        info = export_decode_step(model, path)
+        # ORT's CUDA GroupQueryAttention takes fp16/bf16 only; this graph is float32
+        static_cache = not te.device.startswith("cuda")
+        info = export_decode_step(model, path, static_cache)
         export_s = time.perf_counter() - t0
+        cache = ("KV cache: fixed-length buffers updated in place by ORT GroupQueryAttention"
+                 if static_cache else "KV cache: past keys/values in, grown by Concat")
         notes = list(te.notes) + [
             f"torch.onnx.export dynamo=True, opset {info['opset']}, torch {torch.__version__}",
-            "lm_head untied from wte; decode step with past keys/values as inputs"]
+            f"lm_head untied from wte; {cache}"]
         if model is not te.model:
             notes.append(f"weights upcast from {te.model.transformer.wte.weight.dtype} to float32")
         out = OrtEngine(path, te.device, te.vocab_size, te.max_positions, "float32", notes)

@@ -16,13 +16,18 @@ import torch
 
 from gpteval.engine import Engine
 
+from .onnx_attention import TOTAL_INPUT
+
 
 class OrtEngine(Engine):
     """The exported graph run by an ONNX Runtime InferenceSession.
 
-    The KV cache is the graph's own present outputs fed back as the next past: OrtValues
-    kept where the provider computes them (IO binding), so a CUDA session keeps its cache
-    on the GPU and a CPU session never copies it through numpy.
+    The KV cache lives in OrtValues kept where the provider computes them (IO binding), so a
+    CUDA session keeps its cache on the GPU and a CPU session never copies it through numpy.
+    Two graph forms (see optimizers/onnx.py): with a `total_sequence_length` input the caches
+    are fixed-length buffers allocated by reset() and updated in place (each present output
+    is bound to its past buffer); without it the present outputs, one entry longer each
+    step, are fed back as the next past.
     """
 
     backend = "onnx"
@@ -62,40 +67,52 @@ class OrtEngine(Engine):
         self._past_names = [i.name for i in inputs if i.name.startswith("past_")]
         self._kv_shapes = [(i.shape[1], i.shape[3]) for i in inputs if i.name.startswith("past_")]
         self._output_names = [o.name for o in self.session.get_outputs()]
+        self.static_cache = TOTAL_INPUT in {i.name for i in inputs}
         self._past: list = []
         self._pos = 0
         self._max_len = 0
 
     # -- the cache
-    def _empty_past(self, batch: int) -> list:
+    def _empty_past(self, batch: int, length: int = 0) -> list:
+        """Zeroed caches: `length` entries for a static-cache graph, none otherwise."""
         import numpy as np
         from onnxruntime import OrtValue
 
-        return [OrtValue.ortvalue_from_numpy(np.zeros((batch, nh, 0, hs), np.float32),
+        length = length if self.static_cache else 0
+        return [OrtValue.ortvalue_from_numpy(np.zeros((batch, nh, length, hs), np.float32),
                                              self._ort_device, self._device_id)
                 for nh, hs in self._kv_shapes]
 
     def reset(self, batch: int, max_len: int) -> None:
         if max_len > self.max_positions:
             raise ValueError(f"max_len {max_len} exceeds n_positions={self.max_positions}")
-        self._past = self._empty_past(batch)
+        self._past = self._empty_past(batch, max_len)
         self._pos = 0
         self._max_len = max_len
 
-    def _run(self, ids: torch.Tensor, past: list) -> tuple[torch.Tensor, list]:
+    def _run(self, ids: torch.Tensor, past: list, total: int) -> tuple[torch.Tensor, list]:
+        """One graph call on `ids` after `past`; `total` = cached tokens after the call."""
+        import numpy as np
+
         ids_np = ids.detach().to("cpu", torch.int64).contiguous().numpy()
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", ids_np)
         for name, value in zip(self._past_names, past):
             binding.bind_ortvalue_input(name, value)
-        for name in self._output_names:
-            binding.bind_output(name, self._ort_device, self._device_id)
+        if self.static_cache:
+            binding.bind_cpu_input(TOTAL_INPUT, np.array(total, np.int32))
+            binding.bind_output(self._output_names[0], self._ort_device, self._device_id)
+            for name, value in zip(self._output_names[1:], past):
+                binding.bind_ortvalue_output(name, value)  # in place: present is past
+        else:
+            for name in self._output_names:
+                binding.bind_output(name, self._ort_device, self._device_id)
         self.session.run_with_iobinding(binding)
         outs = binding.get_outputs()
         logits = torch.from_numpy(outs[0].numpy())
         if self.device != "cpu":
             logits = logits.to(self.device)
-        return logits.float(), outs[1:]
+        return logits.float(), (past if self.static_cache else outs[1:])
 
     def _check_room(self, new: int) -> None:
         limit = self._max_len or self.max_positions
@@ -104,24 +121,31 @@ class OrtEngine(Engine):
                              f"{limit}; call reset() with a larger max_len")
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        batch, T = ids.shape
         self._pos = 0
-        self._check_room(ids.shape[1])
-        logits, self._past = self._run(ids, self._empty_past(ids.shape[0]))
-        self._pos = ids.shape[1]
+        self._check_room(T)
+        if self.static_cache:
+            if not self._past or self._past[0].shape()[0] != batch:  # no reset() for this batch
+                self._past = self._empty_past(batch, self._max_len or self.max_positions)
+            past = self._past  # stale entries past T are masked out by total_sequence_length
+        else:
+            past = self._empty_past(batch)
+        logits, self._past = self._run(ids, past, T)
+        self._pos = T
         return logits
 
     def decode(self, token: torch.Tensor) -> torch.Tensor:
         self._check_room(1)
-        logits, self._past = self._run(token.reshape(-1, 1), self._past)
+        logits, self._past = self._run(token.reshape(-1, 1), self._past, self._pos + 1)
         self._pos += 1
         return logits[:, -1, :]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits: a prefill with an empty past, leaving the cache alone."""
-        if ids.shape[1] > self.max_positions:
-            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds "
-                             f"n_positions={self.max_positions}")
-        return self._run(ids, self._empty_past(ids.shape[0]))[0]
+        """Teacher-forced logits: a prefill into a fresh cache, leaving the engine's alone."""
+        batch, T = ids.shape
+        if T > self.max_positions:
+            raise ValueError(f"sequence of {T} tokens exceeds n_positions={self.max_positions}")
+        return self._run(ids, self._empty_past(batch, T), T)[0]
 
     # -- what ran
     def nbytes(self) -> int:

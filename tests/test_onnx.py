@@ -7,13 +7,14 @@ reads that export.  Tests that need onnxruntime skip with the reason when it is 
 import ast
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from gpteval.engine import TorchEngine
 from gpteval.model import GPT, GPTConfig
 from optimizers import PassContext, PassError, parse_pipeline
-from optimizers.onnx import OnnxExport, OrtInt4, OrtInt8
+from optimizers.onnx import DecodeStep, OnnxExport, OrtInt4, OrtInt8, export_decode_step
 
 VOCAB, N_LAYER = 200, 2  # 200: unlike 3C = 192 and 4C = 256, only wte and lm_head have it
 
@@ -73,12 +74,20 @@ def test_onnx_prefill_and_decode_match_torch(model, engines, batch):
     assert (ort.forward(ids) - ref.forward(ids)).abs().max().item() <= 1e-4
 
 
-def test_graph_chunk_with_past_matches_full_pass(model, engines):
+@pytest.fixture(scope="module")
+def concat_graph(model, tmp_path_factory):
+    """The Concat-cache graph the CUDA export uses (ORT's CUDA GQA takes fp16/bf16 only)."""
+    _require_ort()
+    path = tmp_path_factory.mktemp("concat") / "model.onnx"
+    export_decode_step(model, path, static_cache=False)
+    return path
+
+
+def test_concat_graph_chunk_with_past_matches_full_pass(model, concat_graph):
     """T > 1 new tokens after a past: the causal mask must offset by past_len."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(engines["fp32"].model_path),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(concat_graph), providers=["CPUExecutionProvider"])
     ids = _ids(2, 12, seed=5)
     names = [f"past_{kv}_{i}" for i in range(N_LAYER) for kv in ("key", "value")]
     empty = {n: torch.zeros(2, 2, 0, 32).numpy() for n in names}
@@ -89,6 +98,55 @@ def test_graph_chunk_with_past_matches_full_pass(model, engines):
         full = model(ids)
     assert (torch.from_numpy(second[0]) - full[:, 9:]).abs().max().item() <= 1e-4
     assert second[1].shape == (2, 2, 12, 32)
+
+
+def test_static_cache_graph_chunk_with_past_matches_full_pass(model, engines):
+    """The CPU graph: one GroupQueryAttention per layer, no cache Concat; T > 1 tokens after
+    a past land at total - T in the fixed-length buffer and see the past."""
+    import onnx
+    import onnxruntime as ort
+
+    graph = onnx.load(str(engines["fp32"].model_path), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("GroupQueryAttention") == N_LAYER and "Concat" not in ops
+    session = ort.InferenceSession(str(engines["fp32"].model_path),
+                                   providers=["CPUExecutionProvider"])
+    ids = _ids(1, 12, seed=5)  # ORT's GQA takes a T > 1 chunk after a past at batch 1 only
+    names = [f"past_{kv}_{i}" for i in range(N_LAYER) for kv in ("key", "value")]
+    buffers = {n: torch.zeros(1, 2, 16, 32).numpy() for n in names}
+    first = session.run(None, {"input_ids": ids[:, :9].numpy(), **buffers,
+                               "total_sequence_length": np.array(9, np.int32)})
+    assert first[1].shape == (1, 2, 16, 32)  # present_key_0 keeps the buffer's length
+    assert not first[1][:, :, 9:].any()  # nothing written past the 9 tokens
+    second = session.run(None, {"input_ids": ids[:, 9:].numpy(), **dict(zip(names, first[1:])),
+                                "total_sequence_length": np.array(12, np.int32)})
+    with torch.no_grad():
+        full = model(ids)
+    assert (torch.from_numpy(second[0]) - full[:, 9:]).abs().max().item() <= 1e-4
+
+
+def test_static_cache_reference_op_matches_the_model(model):
+    """The PyTorch semantics the exporter traces (gpteval::cached_attention) are GPT's."""
+    step = DecodeStep(model, static_cache=True)
+    ids = _ids(2, 10, seed=6)
+    past = tuple(torch.zeros(2, 2, 16, 32) for _ in range(2 * N_LAYER))
+    with torch.no_grad():
+        first = step(ids[:, :7], past, torch.tensor(7, dtype=torch.int32))
+        second = step(ids[:, 7:], first[1:], torch.tensor(10, dtype=torch.int32))
+        full = model(ids)
+    assert (first[0] - full[:, :7]).abs().max().item() <= 1e-5
+    assert (second[0] - full[:, 7:]).abs().max().item() <= 1e-5
+
+
+def test_static_cache_is_updated_in_place(engines):
+    ort = engines["fp32"]
+    ort.reset(1, 12)
+    buffers = list(ort._past)
+    ort.prefill(_ids(1, 5, seed=8))
+    ort.decode(torch.tensor([[3]]))
+    assert all(a is b for a, b in zip(ort._past, buffers))  # no per-step allocation
+    key0 = buffers[0].numpy()
+    assert key0[:, :, :6].any() and not key0[:, :, 6:].any()
 
 
 def test_lm_head_is_untied_in_the_graph(engines):
