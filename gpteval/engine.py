@@ -13,6 +13,7 @@ and TensorRT engines live with their passes in `optimizers/`.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 
 import torch
@@ -32,7 +33,9 @@ class Engine(ABC):
 
     @abstractmethod
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        """Run the prompt ids (B, T) from position 0; logits (B, T, V) float32."""
+        """Run the prompt ids (B, T) from position 0; the next token's logits (B, 1, V)
+        float32.  Only the last position's: that is what generation computes (the lm_head
+        over every prompt position would put a third of GPT-2's prefill FLOPs into TTFT)."""
 
     @abstractmethod
     def decode(self, token: torch.Tensor) -> torch.Tensor:
@@ -46,10 +49,9 @@ class Engine(ABC):
     def describe(self) -> dict:
         """{'backend', 'device', 'dtype', ...}: what a report needs to say what ran."""
 
+    @abstractmethod
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B, T, V) for a whole sequence."""
-        self.reset(ids.shape[0], ids.shape[1])
-        return self.prefill(ids)
+        """Teacher-forced logits (B, T, V) for a whole sequence (every position)."""
 
     def decode_nbytes(self) -> int:
         """Bytes of weights one decode step reads: all of them except embedding tables
@@ -208,6 +210,9 @@ class HFEngine(Engine):
         self.max_positions = c.n_positions
         self._past = None
         self._pos = 0
+        params = inspect.signature(hf.forward).parameters
+        self._keep_last = ({"logits_to_keep": 1} if "logits_to_keep" in params else
+                           {"num_logits_to_keep": 1} if "num_logits_to_keep" in params else {})
 
     def reset(self, batch: int, max_len: int) -> None:
         self._past = None
@@ -215,10 +220,11 @@ class HFEngine(Engine):
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=ids.to(self.device), use_cache=True)
+        # logits_to_keep=1 is what HF's own generate() passes (num_logits_to_keep before 4.50)
+        out = self.model(input_ids=ids.to(self.device), use_cache=True, **self._keep_last)
         self._past = out.past_key_values
         self._pos = ids.shape[1]
-        return out.logits.float()
+        return out.logits[:, -1:].float()
 
     @torch.inference_mode()
     def decode(self, token: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,8 @@ def preflight(cfg: RunConfig) -> dict[str, dict]:
                               f"one perplexity window (quality.context={q.context})")
             check_text_length(q.text, len(ids), lat.prompt_len, f"the prompt (latency.prompt_len="
                               f"{lat.prompt_len})")
-        facts[spec] = {"n_params": n_params, "n_positions": mc.n_positions}
+        facts[spec] = {"n_params": n_params, "n_positions": mc.n_positions,
+                       "head_params": mc.vocab_size * mc.n_embd}
     return facts
 
 
@@ -291,6 +292,7 @@ def execute(cfg: RunConfig, out_dir: Path, *, resume: bool = False,
                        "config": cfg.model_dump(),
                        "ceilings": state.results["env"].get("ceilings", {}).get(job.device, {}),
                        "n_params": facts[job.model]["n_params"],
+                       "head_params": facts[job.model]["head_params"],
                        "workdir": str(out_dir / ".scratch" / _slug(job) / "artifacts")}
             scratch = out_dir / ".scratch" / _slug(job)
             result = runner.run(job, payload, scratch, cfg.timeout_s)

@@ -310,10 +310,13 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx) + self.transformer.wpe(input_pos)
         for block in self.transformer.h:
             x = block(x, input_pos, mask)
-        return self.lm_head(self.transformer.ln_f(x))
+        # generation needs the next token's logits only: the lm_head over every prompt
+        # position is a third of GPT-2 124M's prefill FLOPs (HF generate: logits_to_keep=1)
+        return self.lm_head(self.transformer.ln_f(x[:, -1:]))
 
     def prefill(self, idx: torch.Tensor) -> torch.Tensor:
-        """Fill the cache with a prompt (B, T) from position 0; returns logits (B, T, V)."""
+        """Fill the cache with a prompt (B, T) from position 0; returns the last position's
+        logits (B, 1, V), the next token's."""
         if self.max_len == 0:
             raise RuntimeError("call setup_cache(batch, max_len) before prefill")
         T = idx.shape[1]

@@ -71,7 +71,8 @@ def _further_batches(engine, lat: dict, batches: list[int], seed: int, job: dict
     for b in batches:
         try:
             measured = latency_at_batch(engine, b, lat, seed, job.get("n_params") or 0,
-                                        job.get("ceilings"), shape_warmup=True)
+                                        job.get("ceilings"), shape_warmup=True,
+                                        head_params=job.get("head_params") or 0)
         except Exception as exc:  # noqa: BLE001 - recorded with its reason, never lost
             result.setdefault("batch_errors", {})[str(b)] = failure_reason(exc)
             if torch.cuda.is_available():
@@ -181,7 +182,8 @@ def run_job(job: dict) -> dict:
 
     # latency: the primary batch size under the plain names, every further one as `_b<B>`
     primary = latency.latency_at_batch(engine, batches[0], lat, cfg.get("seed", 0),
-                                       job.get("n_params") or 0, job.get("ceilings"))
+                                       job.get("n_params") or 0, job.get("ceilings"),
+                                       head_params=job.get("head_params") or 0)
     m.update(primary["metrics"])
     result["stats"] = primary["stats"]
     result["samples"] = primary["samples"]

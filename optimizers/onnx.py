@@ -1,11 +1,13 @@
 """ONNX export and ONNX Runtime: `onnx`, `ort-int8`, `ort-int4`.
 
 `onnx` exports one *decode step* of gpteval's GPT with the dynamo exporter
-(`torch.onnx.export(dynamo=True)`): inputs are the new token ids (B, T) and the past
-keys/values of every layer (B, nh, past_len, hs); outputs are the logits (B, T, V) and the
-present keys/values (B, nh, past_len + T, hs).  B, T and past_len are dynamic, so one graph
-serves prefill (zero-length past) and decode (T = 1).  Positions are taken from past_len,
-so there is no position input to get wrong.
+(`torch.onnx.export(dynamo=True)`): inputs are the new token ids (B, T), the past
+keys/values of every layer (B, nh, past_len, hs) and `logits_positions` (K,), which of the
+T positions get logits (the last for generation, all for teacher-forced quality); outputs
+are the logits (B, K, V) and the present keys/values (B, nh, past_len + T, hs).  B, T, K
+and past_len are dynamic, so one graph serves prefill (zero-length past) and decode
+(T = 1).  Positions are taken from past_len, so there is no position input to get wrong.
+The CPU export holds the cache in fixed-length buffers instead (see `DecodeStep`).
 
 The lm_head is exported *untied* from the token embedding, as its own (C, V) MatMul weight:
 a tied weight defeated ORT int8 in the project's measurement on GPT-2 124M (no gain tied,
@@ -34,7 +36,7 @@ from gpteval.engine import Engine
 from gpteval.model import GPT
 
 from .base import Pass, PassContext, PassError, missing_package, parse_int, require_torch_engine
-from .ort_engine import OrtEngine
+from .ort_engine import POSITIONS_INPUT, OrtEngine
 
 MODEL_FILE = "model.onnx"
 EXTRA = "onnx"  # pip install 'gpteval[onnx]'
@@ -65,7 +67,7 @@ class DecodeStep(nn.Module):
         self.register_buffer("lm_head_weight", model.lm_head.weight.detach().t().contiguous())
 
     def forward(self, input_ids: torch.Tensor, past: tuple[torch.Tensor, ...],
-                total: torch.Tensor | None = None):
+                logits_positions: torch.Tensor, total: torch.Tensor | None = None):
         tr = self.transformer
         B, T = input_ids.shape
         if self.static_cache:  # caches are fixed-length buffers; `total` = tokens after this call
@@ -104,7 +106,10 @@ class DecodeStep(nn.Module):
             y = (att @ v).transpose(1, 2).reshape(B, T, width)  # (B, T, nh*hs)
             x = x + _affine(y, attn.c_proj)
             x = x + self._mlp(block, x)
-        logits = tr.ln_f(x) @ self.lm_head_weight  # (B, T, V)
+        # (K,) positions among the T new tokens whose logits are wanted: the last one for
+        # prefill and decode, all of them for teacher-forced quality
+        x = x.index_select(1, logits_positions)
+        logits = tr.ln_f(x) @ self.lm_head_weight  # (B, K, V)
         return (logits, *presents)
 
 
@@ -176,8 +181,10 @@ def export_decode_step(model: GPT, path: Path, static_cache: bool = False) -> di
     cache_len = torch.export.Dim("cache_len" if static_cache else "past_len",
                                  min=1 if static_cache else 0, max=cfg.n_positions)
     dynamic_shapes = [{0: batch, 1: seq}, tuple({0: batch, 2: cache_len} for _ in past)]
-    args: tuple = (ids, tuple(past))
-    names = ["input_ids"] + kv_names(n_layer, "past")
+    keep = torch.export.Dim("keep", min=1, max=cfg.n_positions)
+    dynamic_shapes.append({0: keep})
+    args: tuple = (ids, tuple(past), torch.arange(1, T, device=device))  # K = 4 of T = 5
+    names = ["input_ids"] + kv_names(n_layer, "past") + [POSITIONS_INPUT]
     extra = {}
     if static_cache:
         from .onnx_attention import TOTAL_INPUT, translation_table

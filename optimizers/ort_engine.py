@@ -18,6 +18,8 @@ from gpteval.engine import Engine
 
 from .onnx_attention import TOTAL_INPUT
 
+POSITIONS_INPUT = "logits_positions"  # (K,) int64: which new positions get logits
+
 
 class OrtEngine(Engine):
     """The exported graph run by an ONNX Runtime InferenceSession.
@@ -90,13 +92,18 @@ class OrtEngine(Engine):
         self._pos = 0
         self._max_len = max_len
 
-    def _run(self, ids: torch.Tensor, past: list, total: int) -> tuple[torch.Tensor, list]:
-        """One graph call on `ids` after `past`; `total` = cached tokens after the call."""
+    def _run(self, ids: torch.Tensor, past: list, total: int,
+             last_only: bool = True) -> tuple[torch.Tensor, list]:
+        """One graph call on `ids` after `past`; `total` = cached tokens after the call.
+        Logits (B, 1, V) of the last new position, or (B, T, V) of all of them."""
         import numpy as np
 
         ids_np = ids.detach().to("cpu", torch.int64).contiguous().numpy()
+        T = ids_np.shape[1]
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", ids_np)
+        positions = [T - 1] if last_only else range(T)
+        binding.bind_cpu_input(POSITIONS_INPUT, np.array(positions, np.int64))
         for name, value in zip(self._past_names, past):
             binding.bind_ortvalue_input(name, value)
         if self.static_cache:
@@ -145,7 +152,7 @@ class OrtEngine(Engine):
         batch, T = ids.shape
         if T > self.max_positions:
             raise ValueError(f"sequence of {T} tokens exceeds n_positions={self.max_positions}")
-        return self._run(ids, self._empty_past(batch, T), T)[0]
+        return self._run(ids, self._empty_past(batch, T), T, last_only=False)[0]
 
     # -- what ran
     def nbytes(self) -> int:

@@ -112,7 +112,8 @@ def test_plots_are_written_for_several_batch_sizes(tmp_path):
 def test_a_failing_further_batch_size_is_recorded_and_the_rest_stands(monkeypatch):
     from gpteval.measure import latency
 
-    def fake(engine, batch, protocol, seed=0, n_params=0, ceilings=None, shape_warmup=False):
+    def fake(engine, batch, protocol, seed=0, n_params=0, ceilings=None, shape_warmup=False,
+             head_params=0):
         if batch == 4:
             raise RuntimeError("no kernel for batch 4")
         assert shape_warmup

@@ -3,6 +3,8 @@
 import math
 import time
 
+import pytest
+
 from gpteval.measure.ceilings import (decode_bandwidth_gbs, matmul_gflops, memory_bandwidth_gbs,
                                       percent_of, prefill_gflops)
 
@@ -24,6 +26,9 @@ def test_derived_rates():
     assert decode_bandwidth_gbs(10**9, 10.0) == 100.0
     # 2 FLOPs * 1e6 params * 4 sequences * 125 tokens = 1e9 FLOPs in 0.5 s = 2 GFLOP/s
     assert prefill_gflops(10**6, 4, 125, 500.0) == 2.0
+    # an lm_head of 10**5 of those weights runs on the last of the 125 positions only
+    assert prefill_gflops(10**6, 4, 125, 500.0, head_params=10**5) == pytest.approx(
+        2.0 * 4 * (9 * 10**5 * 125 + 10**5) / 0.5 / 1e9)
     assert percent_of(25.0, 200.0) == 12.5
 
 

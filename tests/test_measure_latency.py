@@ -32,12 +32,15 @@ class SuccessorEngine(Engine):
     def prefill(self, ids):
         self.log.append(("prefill", tuple(ids.shape)))
         time.sleep(self.prefill_s)
-        return self._logits(ids)
+        return self._logits(ids)[:, -1:]  # the next token's logits, as every engine returns
 
     def decode(self, token):
         self.log.append(("decode", tuple(token.shape)))
         time.sleep(self.decode_s)
         return self._logits(token)[:, -1]
+
+    def forward(self, ids):
+        return self._logits(ids)
 
     def synchronize(self):
         self.log.append(("sync",))

@@ -91,9 +91,11 @@ def test_concat_graph_chunk_with_past_matches_full_pass(model, concat_graph):
     ids = _ids(2, 12, seed=5)
     names = [f"past_{kv}_{i}" for i in range(N_LAYER) for kv in ("key", "value")]
     empty = {n: torch.zeros(2, 2, 0, 32).numpy() for n in names}
-    first = session.run(None, {"input_ids": ids[:, :9].numpy(), **empty})
+    first = session.run(None, {"input_ids": ids[:, :9].numpy(), **empty,
+                               "logits_positions": np.arange(9)})
     assert first[1].shape == (2, 2, 9, 32)  # present_key_0 (B, nh, past_len + T, hs)
-    second = session.run(None, {"input_ids": ids[:, 9:].numpy(), **dict(zip(names, first[1:]))})
+    second = session.run(None, {"input_ids": ids[:, 9:].numpy(), **dict(zip(names, first[1:])),
+                                "logits_positions": np.arange(3)})
     with torch.no_grad():
         full = model(ids)
     assert (torch.from_numpy(second[0]) - full[:, 9:]).abs().max().item() <= 1e-4
@@ -115,10 +117,13 @@ def test_static_cache_graph_chunk_with_past_matches_full_pass(model, engines):
     names = [f"past_{kv}_{i}" for i in range(N_LAYER) for kv in ("key", "value")]
     buffers = {n: torch.zeros(1, 2, 16, 32).numpy() for n in names}
     first = session.run(None, {"input_ids": ids[:, :9].numpy(), **buffers,
+                               "logits_positions": np.array([8]),
                                "total_sequence_length": np.array(9, np.int32)})
+    assert first[0].shape == (1, 1, VOCAB)  # the last position's logits only
     assert first[1].shape == (1, 2, 16, 32)  # present_key_0 keeps the buffer's length
     assert not first[1][:, :, 9:].any()  # nothing written past the 9 tokens
     second = session.run(None, {"input_ids": ids[:, 9:].numpy(), **dict(zip(names, first[1:])),
+                                "logits_positions": np.arange(3),
                                 "total_sequence_length": np.array(12, np.int32)})
     with torch.no_grad():
         full = model(ids)
@@ -131,8 +136,9 @@ def test_static_cache_reference_op_matches_the_model(model):
     ids = _ids(2, 10, seed=6)
     past = tuple(torch.zeros(2, 2, 16, 32) for _ in range(2 * N_LAYER))
     with torch.no_grad():
-        first = step(ids[:, :7], past, torch.tensor(7, dtype=torch.int32))
-        second = step(ids[:, 7:], first[1:], torch.tensor(10, dtype=torch.int32))
+        first = step(ids[:, :7], past, torch.arange(7), torch.tensor(7, dtype=torch.int32))
+        second = step(ids[:, 7:], first[1:], torch.arange(3),
+                      torch.tensor(10, dtype=torch.int32))
         full = model(ids)
     assert (first[0] - full[:, :7]).abs().max().item() <= 1e-5
     assert (second[0] - full[:, 7:]).abs().max().item() <= 1e-5

@@ -107,10 +107,14 @@ def decode_bandwidth_gbs(weight_bytes: int, tpot_ms: float) -> float:
     return weight_bytes / (tpot_ms / 1000.0) / 1e9
 
 
-def prefill_gflops(n_params: int, batch: int, prompt_len: int, ttft_ms: float) -> float:
-    """Achieved prefill throughput in GFLOP/s, counting 2 FLOPs per weight per token
-    (2 * n_params * batch * prompt_len; attention scores are left out) over ttft."""
-    return 2.0 * n_params * batch * prompt_len / (ttft_ms / 1000.0) / 1e9
+def prefill_gflops(n_params: int, batch: int, prompt_len: int, ttft_ms: float,
+                   head_params: int = 0) -> float:
+    """Achieved prefill throughput in GFLOP/s, counting 2 FLOPs per weight per token over
+    ttft; attention scores are left out.  The lm_head (`head_params` of the n_params, V*C)
+    runs on the last prompt position only, as generation computes it:
+    2 * batch * ((n_params - head_params) * prompt_len + head_params)."""
+    flops = 2.0 * batch * ((n_params - head_params) * prompt_len + head_params)
+    return flops / (ttft_ms / 1000.0) / 1e9
 
 
 def percent_of(achieved: float, ceiling: float) -> float:

@@ -128,7 +128,8 @@ def measure_latency(engine: Engine, batch: int, prompt_len: int, new_tokens: int
 
 
 def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, n_params: int = 0,
-                     ceilings: dict | None = None, shape_warmup: bool = False) -> dict:
+                     ceilings: dict | None = None, shape_warmup: bool = False,
+                     head_params: int = 0) -> dict:
     """measure_latency at one batch size (prompt_len, new_tokens, warmup, min_repeats and
     min_time_s from `protocol`, the config's [latency]) and what follows from it:
     {"metrics": ttft_ms, tpot_ms, decode_tok_s, prefill_tok_s, bandwidth_gbs, roofline_pct,
@@ -151,6 +152,6 @@ def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, 
     # one decode step reads the weights once for the whole batch
     m["bandwidth_gbs"] = C.decode_bandwidth_gbs(engine.decode_nbytes(), m["tpot_ms"])
     m["roofline_pct"] = C.percent_of(m["bandwidth_gbs"], bw) if bw else None
-    achieved = C.prefill_gflops(n_params, batch, prompt_len, m["ttft_ms"])
+    achieved = C.prefill_gflops(n_params, batch, prompt_len, m["ttft_ms"], head_params)
     m["flops_pct"] = C.percent_of(achieved, gflops) if gflops else None
     return {"metrics": m, "stats": d["stats"], "samples": d["samples"]}

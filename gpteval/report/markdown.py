@@ -26,7 +26,9 @@ DEFINITIONS = (
     ("speedup", "decode tok/s over `eager` on the same model and device; 95 % CI by seeded bootstrap "
                 "(2,000 resamples) of the ratio of median tpot_ms."),
     ("tpot_ms", "time per output token after the first, (total − ttft) / (N − 1), median of repeats."),
-    ("TTFT ms (ttft_ms)", "time from the call with the prompt to the first token's logits, median."),
+    ("TTFT ms (ttft_ms)", "time from the call with the prompt to the first token's logits, median; "
+     "every engine computes the logits of the last prompt position only, as generation does "
+     "(Hugging Face generate(): logits_to_keep=1)."),
     ("decode_step_ms", "wall time of one decode step; p50/p90/p99 of all steps."),
     ("peak RSS MB (peak_rss_mb)", "peak resident memory (VmHWM) of the variant's own process "
      "while it is measured (after loading and optimizing), MiB (2²⁰ bytes)."),
