@@ -308,10 +308,31 @@ def execute(cfg: RunConfig, out_dir: Path, *, resume: bool = False,
             signal.signal(sig, h)
         if progress:
             progress.stop()
+    if jobs and not state.interrupted_by:
+        settle_ceilings(state.results, measure_ceilings(cfg.devices, cfg.threads))
     state.results["run"]["finished"] = _now()
     state.results["run"]["interrupted"] = bool(state.interrupted_by)
     write_json_atomic(results_path, state.results)
     return state
+
+
+def settle_ceilings(results: dict, end: dict) -> None:
+    """Fold the ceilings measured at the end of a run into env["ceilings"] (the best of
+    start and end, per number) and re-express every result's percentages against them, so
+    that all of a run's roofline_pct and flops_pct share one ceiling.  Every measurement is
+    kept in env["ceilings_measured"]."""
+    from .measure.ceilings import best_of, rebase_percentages
+
+    env = results["env"]
+    current = env.setdefault("ceilings", {})
+    env.setdefault("ceilings_measured", [dict(current)]).append(end)
+    for device, measured in end.items():
+        old = current.get(device, {})
+        new = best_of(old, measured)
+        for r in results["results"]:
+            if r["device"] == device and r.get("metrics"):
+                rebase_percentages(r["metrics"], old, new, (r.get("engine") or {}).get("dtype"))
+        current[device] = new
 
 
 def _keep_log_and_clean(scratch: Path, out_dir: Path, job: Job, result: dict | None) -> None:

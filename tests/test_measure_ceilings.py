@@ -49,3 +49,28 @@ def test_half_precision_prefill_is_held_to_the_bf16_matmul_ceiling():
     assert matmul_ceiling_gflops(cuda, "float32") == 50e3
     # the CPU records no bf16 ceiling (emulated there): fp32 is the only one
     assert matmul_ceiling_gflops({"matmul_gflops": 150.0}, "bfloat16") == 150.0
+
+
+def test_ceilings_measured_twice_keep_the_best_and_percentages_follow():
+    """A ceiling caught at a busy moment (start) is replaced by the better end-of-run one, and
+    every result's percentages are re-expressed against it; rates stay as measured."""
+    from gpteval.harness import settle_ceilings
+    from gpteval.measure.ceilings import best_of
+
+    start = {"memory_bandwidth_gbs": 20.0, "matmul_gflops": 100.0, "bandwidth_sum_gbs": 20.0}
+    end = {"memory_bandwidth_gbs": 25.0, "matmul_gflops": 80.0, "bandwidth_sum_gbs": 25.0}
+    assert best_of(start, end) == {"memory_bandwidth_gbs": 25.0, "matmul_gflops": 100.0,
+                                   "bandwidth_sum_gbs": 25.0}
+    metrics = {"bandwidth_gbs": 18.0, "roofline_pct": 90.0, "roofline_pct_b8": 50.0,
+               "flops_pct": 40.0, "tpot_ms": 3.0, "roofline_pct_b4": None}
+    results = {"env": {"ceilings": {"cpu": dict(start)}},
+               "results": [{"device": "cpu", "engine": {"dtype": "float32"}, "metrics": metrics},
+                           {"device": "cpu", "status": "skipped", "metrics": {}}]}
+    settle_ceilings(results, {"cpu": end})
+    assert metrics["roofline_pct"] == pytest.approx(72.0)  # 18 GB/s of 25, not of 20
+    assert metrics["roofline_pct_b8"] == pytest.approx(40.0)
+    assert metrics["flops_pct"] == pytest.approx(40.0)  # start's matmul ceiling was the best
+    assert metrics["tpot_ms"] == 3.0 and metrics["bandwidth_gbs"] == 18.0
+    assert metrics["roofline_pct_b4"] is None
+    assert results["env"]["ceilings"]["cpu"]["memory_bandwidth_gbs"] == 25.0
+    assert results["env"]["ceilings_measured"] == [{"cpu": start}, {"cpu": end}]

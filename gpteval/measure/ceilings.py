@@ -100,6 +100,28 @@ def matmul_ceiling_gflops(ceilings: dict, dtype: str | None) -> float | None:
     return ceilings.get("matmul_gflops")
 
 
+def best_of(*measured: dict) -> dict:
+    """Ceilings measured more than once in a run (at its start and its end): the best of
+    each.  On a shared machine a busy neighbour can only lower a measurement of what the
+    hardware can do, and a ceiling caught at a busy moment would inflate every roofline_pct."""
+    keys = {k for m in measured for k, v in m.items() if isinstance(v, (int, float))}
+    return {k: max(m[k] for m in measured if isinstance(m.get(k), (int, float))) for k in keys}
+
+
+def rebase_percentages(metrics: dict, old: dict, new: dict, dtype: str | None) -> None:
+    """Re-express a result's roofline_pct and flops_pct (at every batch size) against the
+    `new` ceilings; they were computed against `old`.  The achieved rates are unchanged."""
+    scale = {"roofline_pct": (old.get("memory_bandwidth_gbs"), new.get("memory_bandwidth_gbs")),
+             "flops_pct": (matmul_ceiling_gflops(old, dtype), matmul_ceiling_gflops(new, dtype))}
+    for name, value in list(metrics.items()):
+        base = next((b for b in scale if name == b or name.startswith(b + "_b")), None)
+        if base is None or not isinstance(value, (int, float)):
+            continue
+        before, after = scale[base]
+        if before and after:
+            metrics[name] = value * before / after
+
+
 # ---- achieved fractions (DESIGN.md "Latency") ------------------------------------------
 def decode_bandwidth_gbs(weight_bytes: int, tpot_ms: float) -> float:
     """Achieved bandwidth of decode in GB/s: bytes of weights read per decode step times

@@ -46,7 +46,8 @@ DEFINITIONS = (
     ("roofline %", "achieved weight bandwidth (bytes of weights one decode step reads — "
                    "embedding tables only gathered are left out — × decode steps/s) over this "
                    "device's measured memory bandwidth: the best of a GEMV, a reduction and a copy over "
-                   "256 MiB (CPU) or 1 GiB (CUDA), listed under Environment; the static KV cache "
+                   "256 MiB (CPU) or 1 GiB (CUDA), measured at the start and at the end of the run "
+                   "(the better of the two counts), listed under Environment; the static KV cache "
                    "a step attends over counts as read."),
     ("acc_<task>", "task accuracy from a local JSONL file (last-word cloze, or multiple choice by "
                    "log-likelihood)."),
@@ -200,7 +201,7 @@ def _environment(env: dict) -> str:
             rows.append([f"ceilings ({device})", ", ".join(
                 f"{k} {fmt.num(v, 1) if isinstance(v, (int, float)) else v}" for k, v in ceil.items())])
     known = {"cpu", "cores", "threads", "ram_gb", "os", "python", "git_commit", "packages", "gpu",
-             "ceilings"}
+             "ceilings", "ceilings_measured"}
     for k, v in env.items():
         if k not in known and v is not None:
             rows.append([k, str(v)])
