@@ -55,6 +55,7 @@ class DecodeStep(nn.Module):
     With `static_cache` (the CPU export) each cache is instead a fixed-length buffer that
     ORT's GroupQueryAttention updates in place, and the extra scalar input `total` (int32:
     cached tokens after this call) gives the positions: see `onnx_attention`.
+    `logits_positions` (K,) picks the new positions whose logits are computed.
     """
 
     def __init__(self, model: GPT, static_cache: bool = False) -> None:
@@ -83,29 +84,18 @@ class DecodeStep(nn.Module):
         presents: list[torch.Tensor] = []
         for i, block in enumerate(tr.h):
             attn = block.attn
-            nh = attn.n_head
-            width = attn.c_attn.weight.shape[1] // 3  # pruning may shrink it
-            hs = width // nh
-            qkv = _affine(block.ln_1(x), attn.c_attn)
+            qkv = _affine(block.ln_1(x), attn.c_attn)  # (B, T, 3 * width): pruning may shrink it
             if self.static_cache:
                 y, k, v = torch.ops.gpteval.cached_attention(qkv, past[2 * i], past[2 * i + 1],
-                                                             last, total, nh)
-                presents += [k, v]
-                x = x + _affine(y, attn.c_proj)
-                x = x + self._mlp(block, x)
-                continue
-            q, k, v = qkv.split(width, dim=2)
-            q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-            k = k.view(B, T, nh, hs).transpose(1, 2)
-            v = v.view(B, T, nh, hs).transpose(1, 2)
-            k = torch.cat([past[2 * i], k], dim=2)  # (B, nh, P+T, hs)
-            v = torch.cat([past[2 * i + 1], v], dim=2)
+                                                             last, total, attn.n_head)
+            else:
+                y, k, v = _concat_attention(qkv, past[2 * i], past[2 * i + 1], visible,
+                                            attn.n_head)
             presents += [k, v]
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, P+T)
-            att = att.masked_fill(~visible, float("-inf")).softmax(dim=-1)
-            y = (att @ v).transpose(1, 2).reshape(B, T, width)  # (B, T, nh*hs)
             x = x + _affine(y, attn.c_proj)
-            x = x + self._mlp(block, x)
+            mlp = block.mlp
+            h = F.gelu(_affine(block.ln_2(x), mlp.c_fc), approximate="tanh")  # GPT-2's gelu_new
+            x = x + _affine(h, mlp.c_proj)
         # (K,) positions among the T new tokens whose logits are wanted: the last one for
         # prefill and decode, all of them for teacher-forced quality
         x = x.index_select(1, logits_positions)
@@ -113,11 +103,20 @@ class DecodeStep(nn.Module):
         return (logits, *presents)
 
 
-    @staticmethod
-    def _mlp(block, x: torch.Tensor) -> torch.Tensor:
-        mlp = block.mlp
-        h = F.gelu(_affine(block.ln_2(x), mlp.c_fc), approximate="tanh")  # GPT-2's gelu_new
-        return _affine(h, mlp.c_proj)
+def _concat_attention(qkv: torch.Tensor, past_key: torch.Tensor, past_value: torch.Tensor,
+                      visible: torch.Tensor, nh: int):
+    """Causal attention of T new tokens after a past of P: (y (B, T, width), present_key,
+    present_value), the presents being the past with the new keys/values appended."""
+    B, T, W = qkv.shape
+    width = W // 3
+    hs = width // nh
+    q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in qkv.split(width, dim=2))
+    k = torch.cat([past_key, k], dim=2)  # (B, nh, P+T, hs)
+    v = torch.cat([past_value, v], dim=2)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, P+T)
+    att = att.masked_fill(~visible, float("-inf")).softmax(dim=-1)
+    y = (att @ v).transpose(1, 2).reshape(B, T, width)  # (B, T, nh*hs)
+    return y, k, v
 
 
 def _affine(x: torch.Tensor, conv) -> torch.Tensor:
