@@ -4,9 +4,10 @@
         --device cuda --batch 1 --prompt 128 --steps 64
 
 Builds the variant exactly as `gpteval run` does (same passes, same engine), times the
-decode steps with the harness's own clock, then profiles more steps with torch.profiler and
-prints the kernels ranked by device (or CPU) time per step, with the bytes-per-step
-ceiling next to it.  This is the profile evidence behind the roofline numbers in reports.
+decode steps with the harness's own clock, then profiles more steps with torch.profiler
+(ONNX Runtime variants: with ORT's own profiler, per operator type) and prints the kernels
+ranked by device (or CPU) time per step, with the bytes read per step next to it.  This is
+the profile evidence behind the roofline numbers in reports.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def main() -> None:
           f"{lat.tpot_ms.median:.3f} ms, {nbytes / 1e6:.1f} MB read per step -> "
           f"{nbytes / lat.tpot_ms.median / 1e6:.1f} GB/s")
 
+    if getattr(engine, "backend", "") == "onnx":
+        profile_ort(engine, args)
+        return
+
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
@@ -73,6 +78,46 @@ def main() -> None:
     print(f"{'us/step':>9} {'n/step':>7} {'share':>6}  kernel")
     for name, (us, n) in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"{us / args.steps:9.1f} {n / args.steps:7.1f} {100 * us / total:5.1f}%  {name[:110]}")
+
+
+def profile_ort(engine, args) -> None:
+    """The same ranking for an ONNX Runtime engine, from ORT's own profiler: the session is
+    rebuilt with profiling on (same file, options and threads), and node times are summed
+    per operator type over the decode steps only (the prefill run is left out)."""
+    import json
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads, so.inter_op_num_threads = engine.threads, 1
+    so.log_severity_level = 3
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
+    engine.session = ort.InferenceSession(str(engine.model_path), so,
+                                          providers=engine.session.get_providers())
+    ids = torch.randint(0, engine.vocab_size, (args.batch, args.prompt))
+    engine.reset(args.batch, args.prompt + args.steps + 1)
+    token = engine.prefill(ids)[:, -1].argmax(-1, keepdim=True)
+    for _ in range(args.steps):
+        token = engine.decode(token).argmax(-1, keepdim=True)
+    events = json.loads(Path(engine.session.end_profiling()).read_text())
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    decode_start = runs[1]["ts"]  # runs[0] is the prefill
+    per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for e in events:
+        if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                and e["ts"] >= decode_start):
+            per_op[e["args"].get("op_name", "?")][0] += e["dur"]
+            per_op[e["args"].get("op_name", "?")][1] += 1
+    total = sum(v[0] for v in per_op.values())
+    run_us = sorted(e["dur"] for e in runs[1:])[len(runs[1:]) // 2]
+    print(f"ORT per decode step: model_run median {run_us:.1f} us, in nodes "
+          f"{total / args.steps:.1f} us (the rest is the session's own overhead); nodes per step: "
+          f"{sum(v[1] for v in per_op.values()) / args.steps:.0f}")
+    print(f"{'us/step':>9} {'n/step':>7} {'share':>6}  operator")
+    for name, (us, n) in sorted(per_op.items(), key=lambda kv: -kv[1][0])[: args.top]:
+        print(f"{us / args.steps:9.1f} {n / args.steps:7.1f} {100 * us / total:5.1f}%  {name}")
 
 
 if __name__ == "__main__":
