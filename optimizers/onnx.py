@@ -36,6 +36,7 @@ from gpteval.engine import Engine
 from gpteval.model import GPT
 
 from .base import Pass, PassContext, PassError, missing_package, parse_int, require_torch_engine
+from .onnx_attention import TOTAL_INPUT, seqlens_k, translation_table
 from .ort_engine import POSITIONS_INPUT, OrtEngine
 
 MODEL_FILE = "model.onnx"
@@ -62,8 +63,6 @@ class DecodeStep(nn.Module):
         super().__init__()
         self.transformer = model.transformer
         self.static_cache = static_cache
-        if static_cache:
-            from . import onnx_attention  # noqa: F401  registers gpteval::cached_attention
         # untied copy, stored (C, V): see the module docstring
         self.register_buffer("lm_head_weight", model.lm_head.weight.detach().t().contiguous())
 
@@ -72,8 +71,6 @@ class DecodeStep(nn.Module):
         tr = self.transformer
         B, T = input_ids.shape
         if self.static_cache:  # caches are fixed-length buffers; `total` = tokens after this call
-            from .onnx_attention import seqlens_k
-
             pos = (total - T).long() + torch.arange(T, device=input_ids.device)
             last = seqlens_k(total, B)
         else:  # caches hold exactly the past
@@ -186,8 +183,6 @@ def export_decode_step(model: GPT, path: Path, static_cache: bool = False) -> di
     names = ["input_ids"] + kv_names(n_layer, "past") + [POSITIONS_INPUT]
     extra = {}
     if static_cache:
-        from .onnx_attention import TOTAL_INPUT, translation_table
-
         args += (torch.tensor(P + T, dtype=torch.int32, device=device),)
         dynamic_shapes.append(None)  # a scalar
         names.append(TOTAL_INPUT)

@@ -47,12 +47,8 @@ class OrtEngine(Engine):
         kind, _, index = device.partition(":")
         self._ort_device = "cuda" if kind == "cuda" else "cpu"
         self._device_id = int(index or 0) if kind == "cuda" else 0
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.threads = torch.get_num_threads()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3  # errors only; ORT warns about every unused initializer
+        so = self.session_options()
         if kind == "cuda":
             providers = [("CUDAExecutionProvider", {"device_id": self._device_id}),
                          "CPUExecutionProvider"]
@@ -73,6 +69,18 @@ class OrtEngine(Engine):
         self._past: list = []
         self._pos = 0
         self._max_len = 0
+
+    def session_options(self):
+        """The options every session of this engine runs with (tools/profile_decode.py adds
+        profiling to the same ones)."""
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3  # errors only; ORT warns about every unused initializer
+        return so
 
     # -- the cache
     def _empty_past(self, batch: int, length: int = 0) -> list:

@@ -88,10 +88,7 @@ def profile_ort(engine, args) -> None:
 
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads, so.inter_op_num_threads = engine.threads, 1
-    so.log_severity_level = 3
+    so = engine.session_options()
     so.enable_profiling = True
     so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
     engine.session = ort.InferenceSession(str(engine.model_path), so,
