@@ -164,10 +164,18 @@ class OrtEngine(Engine):
 
     # -- what ran
     def nbytes(self) -> int:
-        return initializer_nbytes(self.model_path)
+        return initializer_nbytes(self.model_path) + self._cache_nbytes()
 
     def decode_nbytes(self) -> int:
-        return initializer_nbytes(self.model_path, skip_gathered=True)
+        return initializer_nbytes(self.model_path, skip_gathered=True) + self._cache_nbytes()
+
+    def _cache_nbytes(self) -> int:
+        """Bytes of the static KV buffers this engine holds (counted like a PyTorch engine's
+        static cache buffers, so rooflines compare); a Concat graph's growing cache is not a
+        held buffer and counts nothing, as with the hf peer's dynamic cache."""
+        if not self.static_cache:
+            return 0
+        return sum(4 * math.prod(v.shape()) for v in self._past)
 
     def artifact_files(self) -> list[str]:
         files = [self.model_path, self.model_path.with_name(self.model_path.name + ".data")]

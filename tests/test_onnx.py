@@ -210,6 +210,7 @@ def test_artifacts_sizes_and_description(engines):
     with torch.device("meta"):
         n_params = GPT(GPTConfig(vocab_size=VOCAB, n_positions=64, n_layer=N_LAYER, n_head=2,
                                  n_embd=64)).num_params()
+    fp32.reset(1, 0)  # an empty static cache: nbytes() is the initializers alone
     assert 0 <= fp32.nbytes() - 4 * (n_params + 64 * VOCAB) < 256
     assert int8.nbytes() < 0.35 * fp32.nbytes()
     assert int4.nbytes() < 0.5 * fp32.nbytes()
@@ -219,6 +220,24 @@ def test_artifacts_sizes_and_description(engines):
     assert d["backend"] == "onnx" and d["device"] == "cpu"
     assert any("opset" in n and "dynamo=True" in n for n in d["notes"])
     assert any("block 32" in n for n in int4.describe()["notes"])
+
+
+def test_static_cache_buffers_count_in_nbytes(engines, concat_graph):
+    from optimizers.ort_engine import OrtEngine, initializer_nbytes
+
+    ort = engines["fp32"]
+    ort.reset(1, 0)
+    weights, decode_weights = ort.nbytes(), ort.decode_nbytes()
+    ort.reset(2, 10)
+    # keys and values, every layer, batch 2, 10 positions, 64 channels, fp32
+    cache = 2 * N_LAYER * 2 * 10 * 64 * 4
+    assert ort.nbytes() - weights == cache
+    assert ort.decode_nbytes() - decode_weights == cache
+    # a Concat graph's cache grows per step and is not a held buffer (as the hf peer's)
+    concat = OrtEngine(concat_graph, "cpu", VOCAB, 64)
+    concat.reset(2, 10)
+    concat.prefill(_ids(2, 5, seed=3))
+    assert not concat.static_cache and concat.nbytes() == initializer_nbytes(concat_graph)
 
 
 def test_decode_past_cache_length_raises(engines):

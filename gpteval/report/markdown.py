@@ -33,9 +33,9 @@ DEFINITIONS = (
     ("peak RSS MB (peak_rss_mb)", "peak resident memory (VmHWM) of the variant's own process "
      "while it is measured (after loading and optimizing), MiB (2²⁰ bytes)."),
     ("weights MB (weights_mb)", "bytes of the weights the engine holds in memory, with a "
-     "PyTorch engine's static KV cache at the primary batch (both are read by a decode step; "
-     "ONNX Runtime engines: initializers only), MiB (2²⁰ bytes); artifact_mb likewise for "
-     "exported files."),
+     "static KV cache buffers at the primary batch (PyTorch and ONNX Runtime engines alike; a "
+     "dynamic cache that grows per step, as the hf peer's, is not counted), MiB (2²⁰ bytes); "
+     "artifact_mb likewise for exported files."),
     ("ppl", "token-level perplexity over the evaluation text, sliding window (context C, stride S, "
             "only tokens beyond the overlap scored)."),
     ("Δppl", "ppl relative to `eager` on the same model and device, in percent."),
@@ -48,9 +48,9 @@ DEFINITIONS = (
                    "embedding tables only gathered are left out — × decode steps/s) over this "
                    "device's measured memory bandwidth: the best of a GEMV, a reduction and a copy over "
                    "256 MiB (CPU) or 1 GiB (CUDA), measured at the start and at the end of the run "
-                   "(the better of the two counts), listed under Environment; a PyTorch engine's "
-                   "static KV cache counts as read, an ONNX Runtime engine's cache does not (its "
-                   "bytes are the graph's initializers: a lower bound)."),
+                   "(the better of the two counts), listed under Environment; an engine's static KV "
+                   "cache counts as read at its full length (a dynamic cache does not: a lower "
+                   "bound for the hf peer)."),
     ("acc_<task>", "task accuracy from a local JSONL file (last-word cloze, or multiple choice by "
                    "log-likelihood)."),
     ("verdict", "accepted when within the quality budget; the recommendation is the fastest "
