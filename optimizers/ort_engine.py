@@ -69,6 +69,7 @@ class OrtEngine(Engine):
         self._past: list = []
         self._pos = 0
         self._max_len = 0
+        self._step = None  # the decode binding of a static-cache graph, see _decode_in_place
 
     def session_options(self):
         """The options every session of this engine runs with (tools/profile_decode.py adds
@@ -97,6 +98,7 @@ class OrtEngine(Engine):
         if max_len > self.max_positions:
             raise ValueError(f"max_len {max_len} exceeds n_positions={self.max_positions}")
         self._past = self._empty_past(batch, max_len)
+        self._step = None
         self._pos = 0
         self._max_len = max_len
 
@@ -142,6 +144,7 @@ class OrtEngine(Engine):
         if self.static_cache:
             if not self._past or self._past[0].shape()[0] != batch:  # no reset() for this batch
                 self._past = self._empty_past(batch, self._max_len or self.max_positions)
+                self._step = None
             past = self._past  # stale entries past T are masked out by total_sequence_length
         else:
             past = self._empty_past(batch)
@@ -151,9 +154,49 @@ class OrtEngine(Engine):
 
     def decode(self, token: torch.Tensor) -> torch.Tensor:
         self._check_room(1)
-        logits, self._past = self._run(token.reshape(-1, 1), self._past, self._pos + 1)
+        if self.static_cache:
+            logits = self._decode_in_place(token.reshape(-1, 1))
+        else:
+            logits, self._past = self._run(token.reshape(-1, 1), self._past, self._pos + 1)
         self._pos += 1
         return logits[:, -1, :]
+
+    def _decode_in_place(self, token: torch.Tensor) -> torch.Tensor:
+        """A decode step of a static-cache graph through one IO binding kept across steps.
+
+        Every step binds the same caches, the same logits buffer and the same one-token
+        inputs, so they are bound once (per reset) and only the token and the length are
+        written before each run: rebuilding the binding cost ~0.5 ms per step on 2 CPU
+        cores (50 bind calls and 25 fetched outputs), 7 % of a 4-bit gpt2 decode step."""
+        import numpy as np
+        from onnxruntime import OrtValue
+
+        if self._step is None:
+            batch = self._past[0].shape()[0]
+
+            def value(array):
+                return OrtValue.ortvalue_from_numpy(array, self._ort_device, self._device_id)
+
+            ids, total = value(np.zeros((batch, 1), np.int64)), value(np.zeros((), np.int32))
+            logits = OrtValue.ortvalue_from_shape_and_type((batch, 1, self.vocab_size), np.float32,
+                                                           self._ort_device, self._device_id)
+            binding = self.session.io_binding()
+            binding.bind_ortvalue_input("input_ids", ids)
+            binding.bind_ortvalue_input(TOTAL_INPUT, total)
+            binding.bind_ortvalue_input(POSITIONS_INPUT, value(np.zeros(1, np.int64)))
+            for name, cache in zip(self._past_names, self._past):
+                binding.bind_ortvalue_input(name, cache)
+            for name, cache in zip(self._output_names[1:], self._past):
+                binding.bind_ortvalue_output(name, cache)
+            binding.bind_ortvalue_output(self._output_names[0], logits)
+            self._step = (binding, ids, total, logits)
+        binding, ids, total, logits = self._step
+        ids.update_inplace(token.detach().to("cpu", torch.int64).contiguous().numpy())
+        total.update_inplace(np.array(self._pos + 1, np.int32))
+        self.session.run_with_iobinding(binding)
+        # numpy() of a CPU OrtValue shares its memory, and the buffer is rewritten next step
+        out = torch.from_numpy(logits.numpy().copy())
+        return out if self.device == "cpu" else out.to(self.device)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits: a prefill into a fresh cache, leaving the engine's alone."""

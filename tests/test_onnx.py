@@ -144,6 +144,24 @@ def test_static_cache_reference_op_matches_the_model(model):
     assert (second[0] - full[:, 7:]).abs().max().item() <= 1e-5
 
 
+def test_decode_binding_is_kept_and_its_logits_are_copies(model, engines):
+    ref, ort = TorchEngine(model), engines["fp32"]
+    for batch in (2, 1):  # a new batch size after reset() binds new buffers
+        prompt = _ids(batch, 5, seed=20 + batch)
+        ref.reset(batch, 12)
+        ort.reset(batch, 12)
+        ref.prefill(prompt)
+        ort.prefill(prompt)
+        first = ort.decode(prompt[:, -1:])
+        binding = ort._step
+        kept = first.clone()
+        second = ort.decode(first.argmax(-1, keepdim=True))
+        assert ort._step is binding  # bound once, reused by the next step
+        assert torch.equal(first, kept)  # the next step did not write into returned logits
+        assert (first - ref.decode(prompt[:, -1:])).abs().max().item() <= 1e-4
+        assert (second - ref.decode(first.argmax(-1, keepdim=True))).abs().max().item() <= 1e-4
+
+
 def test_static_cache_is_updated_in_place(engines):
     ort = engines["fp32"]
     ort.reset(1, 12)
