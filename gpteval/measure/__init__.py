@@ -8,4 +8,5 @@ memory    peak_rss_mb per phase, peak_device_mb
 quality   perplexity (sliding window), bpb, next_token_acc, cloze and multiple choice
 fidelity  kl_mean, top1_agree, max_abs_logit_diff, first divergent greedy token
 ceilings  memory bandwidth and matmul throughput of the machine, and fractions of them
+host      cpu_steal_pct: CPU time the hypervisor gave to other guests while measuring
 """

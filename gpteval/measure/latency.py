@@ -133,20 +133,24 @@ def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, 
     """measure_latency at one batch size (prompt_len, new_tokens, warmup, min_repeats and
     min_time_s from `protocol`, the config's [latency]) and what follows from it:
     {"metrics": ttft_ms, tpot_ms, decode_tok_s, prefill_tok_s, bandwidth_gbs, roofline_pct,
-    flops_pct; "stats", "samples": ttft_ms, tpot_ms, decode_step_ms}.  `ceilings` holds the
-    device's memory_bandwidth_gbs / matmul_gflops (percentages are None without them).
+    flops_pct, cpu_steal_pct (host steal time while measuring); "stats", "samples": ttft_ms,
+    tpot_ms, decode_step_ms}.  `ceilings` holds the device's memory_bandwidth_gbs /
+    matmul_gflops (percentages are None without them).
     shape_warmup: one untimed generation at this shape first, for an engine that was warmed
     up (compiled, graph-captured) at another batch size."""
     from . import ceilings as C
+    from . import host
 
     prompt_len, new_tokens = protocol["prompt_len"], protocol["new_tokens"]
     if shape_warmup:
         engine.reset(batch, prompt_len + new_tokens)
         greedy_generate(engine, torch.zeros(batch, prompt_len, dtype=torch.long), new_tokens)
+    ticks = host.cpu_ticks()
     d = measure_latency(engine, batch, prompt_len, new_tokens, warmup=protocol["warmup"],
                         min_repeats=protocol["min_repeats"], min_time_s=protocol["min_time_s"],
                         seed=seed).as_dict(include_samples=True)
     m = {k: d[k] for k in ("ttft_ms", "tpot_ms", "decode_tok_s", "prefill_tok_s")}
+    m["cpu_steal_pct"] = host.steal_pct(ticks, host.cpu_ticks())
     bw = (ceilings or {}).get("memory_bandwidth_gbs")
     gflops = C.matmul_ceiling_gflops(ceilings or {}, engine.describe().get("dtype"))
     # one decode step reads the weights once for the whole batch

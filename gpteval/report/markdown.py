@@ -51,6 +51,11 @@ DEFINITIONS = (
                    "(the better of the two counts), listed under Environment; an engine's static KV "
                    "cache counts as read at its full length (a dynamic cache does not: a lower "
                    "bound for the hf peer)."),
+    ("cpu_steal_pct", "steal time: the share of the host's CPU time the hypervisor gave to "
+                      "other guests while the variant's latency was measured (Linux /proc/stat; "
+                      "absent elsewhere).  Above a few percent, speeds from that part of the run "
+                      "are disturbed and ratios between variants measured at different moments "
+                      "swing with it."),
     ("acc_<task>", "task accuracy from a local JSONL file (last-word cloze, or multiple choice by "
                    "log-likelihood)."),
     ("verdict", "accepted when within the quality budget; the recommendation is the fastest "
@@ -59,7 +64,7 @@ DEFINITIONS = (
 
 BATCH_DEFINITION = (
     "`<metric>_b<B>`", "a latency metric (ttft_ms, tpot_ms, decode_tok_s, prefill_tok_s, "
-    "bandwidth_gbs, roofline_pct, flops_pct) measured the same way at batch size B, a further "
+    "bandwidth_gbs, roofline_pct, flops_pct, cpu_steal_pct) measured the same way at batch size B, a further "
     "entry of latency.batch (after one untimed generation at that shape); the plain names are at "
     "the first.  A decode step reads the weights once for the whole batch, so bandwidth_gbs and "
     "roofline % count them once per step.")
@@ -136,11 +141,34 @@ def _protocols(entries: list[dict]) -> list[str]:
             f"Latency protocol: {_batch_words(p)}, prompt {p.get('prompt_len')} tokens, "
             f"{p.get('new_tokens')} new tokens, greedy; {p.get('warmup')} warm-up run(s), then repeats "
             f"until ≥ {p.get('min_repeats')} and ≥ {p.get('min_time_s')} s.")
+    steal = _steal_line(entries)
+    if steal:
+        lines.append(steal)
     for p in _distinct(entries, "quality_protocol"):
         sha = str(p.get("text_sha256") or "")[:12]
         lines.append(f"Quality protocol: context {p.get('context')}, stride {p.get('stride')}, "
                      f"{fmt.num(p.get('n_tokens'))} tokens of text (sha256 {sha}…).")
     return lines
+
+
+STEAL_WARN_PCT = 5.0  # above this, a variant's speed was measurably taken by other guests
+
+
+def _steal_line(entries: list[dict]) -> str | None:
+    """The range of host steal time over the variants' latency measurements, with a warning
+    naming the variants above STEAL_WARN_PCT; None when no variant recorded it."""
+    steal = {e["variant"]: e["metrics"]["cpu_steal_pct"] for e in entries
+             if e["status"] == "ok" and e.get("metrics", {}).get("cpu_steal_pct") is not None}
+    if not steal:
+        return None
+    line = (f"Host CPU steal time while latency was measured: {min(steal.values()):.1f}-"
+            f"{max(steal.values()):.1f} % (cpu_steal_pct).")
+    high = [f"`{v}` {p:.0f} %" for v, p in steal.items() if p > STEAL_WARN_PCT]
+    if high:
+        line += (f" **Disturbed:** other guests took over {STEAL_WARN_PCT:.0f} % of the CPU "
+                 f"during {', '.join(high)}; their speeds, and ratios against them, are less "
+                 "certain than the intervals say: repeat on a quieter machine.")
+    return line
 
 
 def _model_section(model: str, rows: list[dict], entries: list[dict]) -> list[str]:

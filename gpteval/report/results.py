@@ -29,7 +29,7 @@ HIGHER_IS_BETTER = frozenset(
 METRIC_ORDER = (
     "decode_tok_s", "prefill_tok_s", "ttft_ms", "tpot_ms", "peak_rss_mb", "peak_device_mb",
     "weights_mb", "artifact_mb", "optimize_s", "bandwidth_gbs", "roofline_pct", "flops_pct",
-    "ppl", "bpb", "next_token_acc", "kl_mean", "top1_agree", "max_abs_logit_diff",
+    "cpu_steal_pct", "ppl", "bpb", "next_token_acc", "kl_mean", "top1_agree", "max_abs_logit_diff",
     "first_divergence",
 )
 
@@ -37,7 +37,7 @@ METRIC_ORDER = (
 # Latency metrics measured again at every further size of latency.batch, named with a `_b<B>`
 # suffix (decode_tok_s_b8); their stats and samples carry the same suffix (decode_step_ms_b8).
 BATCH_METRICS = ("decode_tok_s", "prefill_tok_s", "ttft_ms", "tpot_ms", "bandwidth_gbs",
-                 "roofline_pct", "flops_pct")
+                 "roofline_pct", "flops_pct", "cpu_steal_pct")
 BATCH_SERIES = ("ttft_ms", "tpot_ms", "decode_step_ms")
 _BATCH_SUFFIX = re.compile(r"^(?P<base>[a-z0-9_]+?)_b(?P<batch>[1-9][0-9]*)$")
 

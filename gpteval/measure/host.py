@@ -1,0 +1,34 @@
+"""Host contention: the share of CPU time a hypervisor gave to other guests (steal time).
+
+On a shared virtual machine, steal time is the clearest sign that a latency measurement
+was disturbed: the guest's vCPUs were ready to run and were not run.  Linux reports it in
+the aggregate `cpu` line of /proc/stat (8th value, in clock ticks since boot); elsewhere
+there is no such counter and the functions return None.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROC_STAT = Path("/proc/stat")
+
+
+def cpu_ticks(path: Path = PROC_STAT) -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs since boot, or None where not reported."""
+    try:
+        first = path.read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if not first or first[0] != "cpu" or len(first) < 9:
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is
+    # already inside user/nice, so the total is the first eight
+    values = [int(v) for v in first[1:9]]
+    return values[7], sum(values)
+
+
+def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Steal time between two cpu_ticks() readings, in percent of all CPU time then."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
