@@ -32,6 +32,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gpteval.errors import UserError, did_you_mean
+from gpteval.measure import host
 from gpteval.report import fmt
 from gpteval.report import results as R
 from gpteval.report.significance import bootstrap_ratio_ci, mann_whitney_u
@@ -399,6 +400,14 @@ def compare(baseline: dict, current: dict, gates: Gates | None = None) -> Compar
     elif (baseline.get("env") or {}).get("cpu") != (current.get("env") or {}).get("cpu"):
         notes.append("The runs come from different CPUs; absolute speed differences may be the machine's. "
                      "For cross-machine CI set absolute = false and gate on [[ratio]].")
+    for which, run in (("baseline", baseline), ("current", current)):
+        high = host.disturbed(run["results"])
+        if high:
+            entry, pct = max(high, key=lambda ep: ep[1])
+            notes.append(f"The {which} run was measured under host contention: CPU steal time "
+                         f"above {host.DISTURBED_STEAL_PCT:.0f} % during {len(high)} variant(s), "
+                         f"up to {pct:.0f} % ({R.label(entry)}); speed differences involving "
+                         "them may be the host's.")
     names = ((baseline.get("run") or {}).get("name") or "baseline",
              (current.get("run") or {}).get("name") or "current")
     return CompareResult(rows, gates, added, notes, names)

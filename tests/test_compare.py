@@ -134,6 +134,20 @@ def test_markdown_lists_regressions_first(baseline):
     assert table.splitlines()[2].startswith("| bundled/bf16/cpu | ppl | 3.905 | 4.1 | +5.0 % | regressed")
 
 
+def test_a_run_under_host_contention_is_noted_not_failed(baseline):
+    current = copy.deepcopy(baseline)
+    eager = next(e for e in current["results"] if e["variant"] == "eager" and e["status"] == "ok")
+    eager["metrics"]["cpu_steal_pct"] = 23.0
+    result = compare(baseline, current)
+    assert result.exit_code == 0
+    notes = [n for n in result.notes if "contention" in n]
+    assert len(notes) == 1 and notes[0].startswith("The current run")
+    assert "23 %" in notes[0] and f"{eager['model']}/eager/cpu" in notes[0]
+    assert "contention" in result.render_markdown()
+    eager["metrics"]["cpu_steal_pct"] = 3.0  # below the threshold: nothing to say
+    assert not [n for n in compare(baseline, current).notes if "contention" in n]
+
+
 # --- statistics -------------------------------------------------------------------------------
 
 SAMPLES = [

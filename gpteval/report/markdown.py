@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from gpteval.measure import host
 from gpteval.report import fmt
 from gpteval.report import results as R
 from gpteval.report.verdict import QualityBudget, recommendation_line, recommendations, summary_rows
@@ -151,23 +152,21 @@ def _protocols(entries: list[dict]) -> list[str]:
     return lines
 
 
-STEAL_WARN_PCT = 5.0  # above this, a variant's speed was measurably taken by other guests
-
-
 def _steal_line(entries: list[dict]) -> str | None:
     """The range of host steal time over the variants' latency measurements, with a warning
-    naming the variants above STEAL_WARN_PCT; None when no variant recorded it."""
-    steal = {e["variant"]: e["metrics"]["cpu_steal_pct"] for e in entries
-             if e["status"] == "ok" and e.get("metrics", {}).get("cpu_steal_pct") is not None}
+    naming the disturbed variants; None when no variant recorded it."""
+    steal = [e["metrics"]["cpu_steal_pct"] for e in entries
+             if e["status"] == "ok" and e.get("metrics", {}).get("cpu_steal_pct") is not None]
     if not steal:
         return None
-    line = (f"Host CPU steal time while latency was measured: {min(steal.values()):.1f}-"
-            f"{max(steal.values()):.1f} % (cpu_steal_pct).")
-    high = [f"`{v}` {p:.0f} %" for v, p in steal.items() if p > STEAL_WARN_PCT]
+    line = (f"Host CPU steal time while latency was measured: {min(steal):.1f}-{max(steal):.1f} % "
+            "(cpu_steal_pct).")
+    high = [f"`{e['variant']}` {pct:.0f} %" for e, pct in host.disturbed(entries)]
     if high:
-        line += (f" **Disturbed:** other guests took over {STEAL_WARN_PCT:.0f} % of the CPU "
-                 f"during {', '.join(high)}; their speeds, and ratios against them, are less "
-                 "certain than the intervals say: repeat on a quieter machine.")
+        line += (f" **Disturbed:** other guests took over {host.DISTURBED_STEAL_PCT:.0f} % of the "
+                 f"CPU during {', '.join(high)}; their "
+                 "speeds, and ratios against them, are less certain than the intervals say: "
+                 "repeat on a quieter machine.")
     return line
 
 
