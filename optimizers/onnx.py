@@ -77,11 +77,14 @@ class DecodeStep(nn.Module):
             P = past[0].shape[2]
             pos = torch.arange(P, P + T, device=input_ids.device)  # (T,) absolute positions
             visible = torch.arange(P + T, device=input_ids.device)[None, :] <= pos[:, None]
-        x = tr.wte(input_ids) + tr.wpe(pos)  # (B, T, C)
+        # activations stay 2-D, (B*T, C), between attentions: a 2-D MatMul + bias Add is what
+        # ORT fuses into one Gemm (measured 3.5 % faster fp32 decode for gpt2, same logits);
+        # with (B, T, C) every bias stayed a separate Add node
+        x = (tr.wte(input_ids) + tr.wpe(pos)).reshape(B * T, -1)
         presents: list[torch.Tensor] = []
         for i, block in enumerate(tr.h):
             attn = block.attn
-            qkv = _affine(block.ln_1(x), attn.c_attn)  # (B, T, 3 * width): pruning may shrink it
+            qkv = _affine(block.ln_1(x), attn.c_attn).view(B, T, -1)  # pruning may shrink it
             if self.static_cache:
                 y, k, v = torch.ops.gpteval.cached_attention(qkv, past[2 * i], past[2 * i + 1],
                                                              last, total, attn.n_head)
@@ -89,13 +92,13 @@ class DecodeStep(nn.Module):
                 y, k, v = _concat_attention(qkv, past[2 * i], past[2 * i + 1], visible,
                                             attn.n_head)
             presents += [k, v]
-            x = x + _affine(y, attn.c_proj)
+            x = x + _affine(y.reshape(B * T, -1), attn.c_proj)
             mlp = block.mlp
             h = F.gelu(_affine(block.ln_2(x), mlp.c_fc), approximate="tanh")  # GPT-2's gelu_new
             x = x + _affine(h, mlp.c_proj)
         # (K,) positions among the T new tokens whose logits are wanted: the last one for
         # prefill and decode, all of them for teacher-forced quality
-        x = x.index_select(1, logits_positions)
+        x = x.view(B, T, -1).index_select(1, logits_positions)
         logits = tr.ln_f(x) @ self.lm_head_weight  # (B, K, V)
         return (logits, *presents)
 
