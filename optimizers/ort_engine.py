@@ -108,28 +108,35 @@ class OrtEngine(Engine):
         Logits (B, 1, V) of the last new position, or (B, T, V) of all of them."""
         import numpy as np
 
-        ids_np = ids.detach().to("cpu", torch.int64).contiguous().numpy()
+        ids_np = _int64_numpy(ids)
         T = ids_np.shape[1]
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", ids_np)
         positions = [T - 1] if last_only else range(T)
         binding.bind_cpu_input(POSITIONS_INPUT, np.array(positions, np.int64))
-        for name, value in zip(self._past_names, past):
-            binding.bind_ortvalue_input(name, value)
         if self.static_cache:
             binding.bind_cpu_input(TOTAL_INPUT, np.array(total, np.int32))
+            # logits first: get_outputs() returns outputs in the order they were bound
             binding.bind_output(self._output_names[0], self._ort_device, self._device_id)
-            for name, value in zip(self._output_names[1:], past):
-                binding.bind_ortvalue_output(name, value)  # in place: present is past
         else:
             for name in self._output_names:
                 binding.bind_output(name, self._ort_device, self._device_id)
+        self._bind_cache(binding, past)
         self.session.run_with_iobinding(binding)
         outs = binding.get_outputs()
         logits = torch.from_numpy(outs[0].numpy())
         if self.device != "cpu":
             logits = logits.to(self.device)
         return logits.float(), (past if self.static_cache else outs[1:])
+
+    def _bind_cache(self, binding, past: list) -> None:
+        """Bind each past input; on a static-cache graph also each present output to the
+        same buffer, so the graph updates the cache in place (present is past)."""
+        for name, value in zip(self._past_names, past):
+            binding.bind_ortvalue_input(name, value)
+        if self.static_cache:
+            for name, value in zip(self._output_names[1:], past):
+                binding.bind_ortvalue_output(name, value)
 
     def _check_room(self, new: int) -> None:
         limit = self._max_len or self.max_positions
@@ -185,14 +192,11 @@ class OrtEngine(Engine):
             binding.bind_ortvalue_input("input_ids", ids)
             binding.bind_ortvalue_input(TOTAL_INPUT, total)
             binding.bind_ortvalue_input(POSITIONS_INPUT, value(np.zeros(1, np.int64)))
-            for name, cache in zip(self._past_names, self._past):
-                binding.bind_ortvalue_input(name, cache)
-            for name, cache in zip(self._output_names[1:], self._past):
-                binding.bind_ortvalue_output(name, cache)
+            self._bind_cache(binding, self._past)
             binding.bind_ortvalue_output(self._output_names[0], logits)
             self._step = (binding, ids, total, logits)
         binding, ids, total, logits = self._step
-        ids.update_inplace(token.detach().to("cpu", torch.int64).contiguous().numpy())
+        ids.update_inplace(_int64_numpy(token))
         total.update_inplace(np.array(self._pos + 1, np.int32))
         self.session.run_with_iobinding(binding)
         # numpy() of a CPU OrtValue shares its memory, and the buffer is rewritten next step
@@ -230,6 +234,11 @@ class OrtEngine(Engine):
                 "notes": self.notes + [f"onnxruntime {_ort_version()} {self.provider}, graph "
                                        f"optimization ALL, {self.threads} intra-op "
                                        "threads"]}
+
+
+def _int64_numpy(ids: torch.Tensor):
+    """Token ids as the contiguous int64 host array ORT's input_ids takes."""
+    return ids.detach().to("cpu", torch.int64).contiguous().numpy()
 
 
 def _ort_version() -> str:

@@ -105,8 +105,9 @@ def profile_ort(engine, args) -> None:
     for e in events:
         if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
                 and e["ts"] >= decode_start):
-            per_op[e["args"].get("op_name", "?")][0] += e["dur"]
-            per_op[e["args"].get("op_name", "?")][1] += 1
+            op = per_op[e["args"].get("op_name", "?")]
+            op[0] += e["dur"]
+            op[1] += 1
     total = sum(v[0] for v in per_op.values())
     run_us = sorted(e["dur"] for e in runs[1:])[len(runs[1:]) // 2]
     print(f"ORT per decode step: model_run median {run_us:.1f} us, in nodes "

@@ -37,11 +37,16 @@ def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> 
     return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
 
 
-def disturbed(entries: list[dict]) -> list[tuple[dict, float]]:
-    """(entry, cpu_steal_pct) of the ok result entries measured above DISTURBED_STEAL_PCT."""
-    out = []
+def steal_readings(entries: list[dict]) -> list[tuple[dict, float]]:
+    """(entry, cpu_steal_pct) of the ok result entries that recorded steal time."""
+    readings = []
     for e in entries:
         pct = (e.get("metrics") or {}).get("cpu_steal_pct")
-        if e.get("status") == "ok" and pct is not None and pct > DISTURBED_STEAL_PCT:
-            out.append((e, pct))
-    return out
+        if e.get("status") == "ok" and pct is not None:
+            readings.append((e, pct))
+    return readings
+
+
+def disturbed(entries: list[dict]) -> list[tuple[dict, float]]:
+    """The steal_readings above DISTURBED_STEAL_PCT."""
+    return [(e, pct) for e, pct in steal_readings(entries) if pct > DISTURBED_STEAL_PCT]

@@ -33,7 +33,7 @@ DEFINITIONS = (
     ("decode_step_ms", "wall time of one decode step; p50/p90/p99 of all steps."),
     ("peak RSS MB (peak_rss_mb)", "peak resident memory (VmHWM) of the variant's own process "
      "while it is measured (after loading and optimizing), MiB (2²⁰ bytes)."),
-    ("weights MB (weights_mb)", "bytes of the weights the engine holds in memory, with a "
+    ("weights MB (weights_mb)", "bytes of the weights the engine holds in memory, with its "
      "static KV cache buffers at the primary batch (PyTorch and ONNX Runtime engines alike; a "
      "dynamic cache that grows per step, as the hf peer's, is not counted), MiB (2²⁰ bytes); "
      "artifact_mb likewise for exported files."),
@@ -155,8 +155,7 @@ def _protocols(entries: list[dict]) -> list[str]:
 def _steal_line(entries: list[dict]) -> str | None:
     """The range of host steal time over the variants' latency measurements, with a warning
     naming the disturbed variants; None when no variant recorded it."""
-    steal = [e["metrics"]["cpu_steal_pct"] for e in entries
-             if e["status"] == "ok" and e.get("metrics", {}).get("cpu_steal_pct") is not None]
+    steal = [pct for _, pct in host.steal_readings(entries)]
     if not steal:
         return None
     line = (f"Host CPU steal time while latency was measured: {min(steal):.1f}-{max(steal):.1f} % "
