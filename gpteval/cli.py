@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="run name")
     r.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
     r.add_argument("--timeout", type=_positive_float, help="per-variant time limit, seconds")
+    r.add_argument("--rounds", type=int, metavar="N", help="interleaved latency rounds "
+                   "(latency.rounds): measure every variant of a model in turn N times, pooled")
     r.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars there")
     r.add_argument("--quiet", action="store_true", help="print only errors and the report path")
 
@@ -83,7 +85,8 @@ def cmd_run(args) -> int:
 
     cfg = load_config(args.config)[0] if args.config else default_config()
     cfg = apply_overrides(cfg, model=args.model, variants=args.variants, device=args.device,
-                          text=args.text, tasks=args.tasks, name=args.name, timeout=args.timeout)
+                          text=args.text, tasks=args.tasks, name=args.name, timeout=args.timeout,
+                          rounds=args.rounds)
     out_dir = Path(args.out) if args.out else Path("reports") / cfg.name
     progress = None if args.quiet else RunProgress()
     state = execute(cfg, out_dir, resume=args.resume, progress=progress, argv=sys.argv[1:])

@@ -38,6 +38,10 @@ class LatencyConfig(_Strict):
     warmup: int = Field(1, ge=0)
     min_repeats: int = Field(3, ge=1, description="minimum timed repeats")
     min_time_s: float = Field(1.0, ge=0.0, description="minimum total timed seconds")
+    rounds: int = Field(1, ge=1, le=20, description="interleaved rounds: the protocol above is "
+                        "run this many times per variant, visiting every variant of a model in "
+                        "turn, and the samples are pooled, so that host load that drifts over "
+                        "the run reaches all variants alike (each variant stays loaded meanwhile)")
 
     @field_validator("batch", mode="before")
     @classmethod
@@ -206,6 +210,8 @@ def apply_overrides(cfg: RunConfig, **flags) -> RunConfig:
         data["name"] = flags["name"]
     if flags.get("timeout") is not None:
         data["timeout_s"] = flags["timeout"]
+    if flags.get("rounds") is not None:
+        data["latency"]["rounds"] = flags["rounds"]
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:

@@ -11,39 +11,19 @@ exit code says the run was interrupted; `--resume` finishes it later.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 from . import __version__
 from .config import RunConfig
 from .errors import UserError
+from .runner import Job, JobRunner, Parked
 from .worker import write_json_atomic
 
 SCHEMA_VERSION = 1
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-@dataclass
-class Job:
-    model: str
-    device: str
-    variant: str
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.model, self.variant, self.device)
-
-    @property
-    def label(self) -> str:
-        return f"{self.model} · {self.variant} · {self.device}"
 
 
 @dataclass
@@ -127,102 +107,17 @@ def load_for_resume(out_dir: Path, cfg: RunConfig) -> dict:
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"{path}: not a gpteval results file; drop --resume or choose another "
                         "--out") from None
+    try:
+        # a run from before a setting existed holds that setting's default
+        old_cfg = RunConfig.model_validate(old_cfg).model_dump()
+    except ValueError:
+        pass
     if old_cfg != cfg.model_dump():
         changed = sorted(k for k in set(old_cfg) | set(cfg.model_dump())
                          if old_cfg.get(k) != cfg.model_dump().get(k))
         raise UserError(f"{out_dir}: the run there used a different config (differs in: "
                         f"{', '.join(changed)}); resume with the same config or use a new --out")
     return data
-
-
-# ---- running jobs ----------------------------------------------------------------------------
-class JobRunner:
-    """Runs one job in a child process and turns whatever happens into a Result."""
-
-    def __init__(self, on_phase: Callable[[str], None] | None = None) -> None:
-        self.on_phase = on_phase or (lambda phase: None)
-        self.proc: subprocess.Popen | None = None
-        self.stop_requested = False
-
-    def stop(self) -> None:
-        """Interrupt: kill the job in progress and record nothing for it."""
-        self.stop_requested = True
-        self._kill()
-
-    def _kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-    def run(self, job: Job, payload: dict, scratch: Path, timeout_s: float) -> dict | None:
-        scratch.mkdir(parents=True, exist_ok=True)
-        job_file, out_file, err_file = scratch / "job.json", scratch / "result.json", scratch / "stderr.txt"
-        out_file.unlink(missing_ok=True)
-        job_file.write_text(json.dumps(payload))
-        phase = ["start"]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(err_file, "w") as err:
-            # own session: a terminal's Ctrl-C reaches the harness, which stops the child
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gpteval.worker", str(job_file), str(out_file)],
-                stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True, env=env)
-            reader = threading.Thread(target=self._read_phases, args=(self.proc, phase), daemon=True)
-            reader.start()
-            t0 = time.monotonic()
-            timed_out = False
-            while self.proc.poll() is None:
-                if self.stop_requested:
-                    self._kill()
-                elif time.monotonic() - t0 > timeout_s:
-                    timed_out = True
-                    self._kill()
-                time.sleep(0.05)
-            rc = self.proc.wait()
-            reader.join(timeout=2)
-        base = {"model": job.model, "variant": job.variant, "device": job.device, "metrics": {}}
-        if self.stop_requested and not timed_out:
-            return None  # interrupted: the job is not finished and is not recorded
-        if timed_out:
-            return {**base, "status": "failed", "reason": f"timed out after {timeout_s:g} s "
-                    f"(phase: {phase[0]}); raise timeout_s or --timeout if this variant is slow"}
-        if out_file.is_file():
-            try:
-                return json.loads(out_file.read_text())
-            except json.JSONDecodeError:
-                pass
-        return {**base, "status": "failed", "reason": _death_reason(rc, phase[0], err_file)}
-
-    def _read_phases(self, proc: subprocess.Popen, phase: list[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            try:
-                msg = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(msg, dict) and "phase" in msg:
-                phase[0] = msg["phase"]
-                self.on_phase(phase[0])
-
-
-def _death_reason(rc: int, phase: str, err_file: Path) -> str:
-    tail = ""
-    try:
-        lines = [ln for ln in err_file.read_text(errors="replace").splitlines() if ln.strip()]
-        tail = lines[-1][:300] if lines else ""
-    except OSError:
-        pass
-    if rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = f"signal {-rc}"
-        hint = " (out of memory?)" if -rc == signal.SIGKILL else ""
-        what = f"process killed by {name}{hint} during {phase}"
-    else:
-        what = f"process exited with status {rc} during {phase} without a result"
-    return f"{what}{': ' + tail if tail else ''}"
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -280,10 +175,11 @@ def execute(cfg: RunConfig, out_dir: Path, *, resume: bool = False,
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         old_handlers[sig] = signal.signal(sig, _on_signal)
+    parked: list[tuple[Parked, int]] = []  # workers kept for latency rounds, with their Result's index
     try:
         if progress:
             progress.start(len(jobs) + len(done), len(done))
-        for job in jobs:
+        for i, job in enumerate(jobs):
             if state.interrupted_by:
                 break
             if progress:
@@ -295,15 +191,23 @@ def execute(cfg: RunConfig, out_dir: Path, *, resume: bool = False,
                        "head_params": facts[job.model]["head_params"],
                        "workdir": str(out_dir / ".scratch" / _slug(job) / "artifacts")}
             scratch = out_dir / ".scratch" / _slug(job)
-            result = runner.run(job, payload, scratch, cfg.timeout_s)
-            _keep_log_and_clean(scratch, out_dir, job, result)
+            result, worker = runner.run(job, payload, scratch, cfg.timeout_s,
+                                        park=cfg.latency.rounds > 1)
+            if worker is None:
+                _keep_log_and_clean(scratch, out_dir, job, result)
             if result is None:
                 break
             state.results["results"].append(result)
             write_json_atomic(results_path, state.results)
+            if worker is not None:
+                parked.append((worker, len(state.results["results"]) - 1))
             if progress:
                 progress.end(job.label, result)
+            if i + 1 == len(jobs) or jobs[i + 1].group != job.group:
+                _latency_rounds(parked, cfg, state, results_path, runner, progress)
+                _release(parked, out_dir)
     finally:
+        _release(parked, out_dir)  # interrupted or failed mid-group: no worker outlives the run
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
         if progress:
@@ -314,6 +218,40 @@ def execute(cfg: RunConfig, out_dir: Path, *, resume: bool = False,
     state.results["run"]["interrupted"] = bool(state.interrupted_by)
     write_json_atomic(results_path, state.results)
     return state
+
+
+def _latency_rounds(parked: list[tuple[Parked, int]], cfg: RunConfig, state: RunState,
+                    results_path: Path, runner: JobRunner, progress) -> None:
+    """Rounds 2..R of latency over the parked workers of one model and device, visiting
+    them in turn (each round starting one variant later, so no variant is always first);
+    results.json is rewritten after every round of every variant."""
+    rounds = cfg.latency.rounds
+    entries = state.results["results"]
+    for r in range(2, rounds + 1):
+        active = [p for p in parked if p[0].process.alive()]
+        if not active:
+            return
+        shift = (r - 2) % len(active)
+        for worker, idx in active[shift:] + active[:shift]:
+            if state.interrupted_by:
+                return
+            if progress:
+                progress.begin(worker.job.label)
+                progress.phase(f"latency round {r}/{rounds}")
+            updated, why_not = worker.round(cfg.timeout_s)
+            if updated is not None:
+                entries[idx] = updated
+            elif why_not:
+                entries[idx]["latency_rounds_note"] = why_not
+            write_json_atomic(results_path, state.results)
+
+
+def _release(parked: list[tuple[Parked, int]], out_dir: Path) -> None:
+    """End the parked workers and remove their scratch directories."""
+    while parked:
+        worker, _ = parked.pop()
+        worker.close()
+        _keep_log_and_clean(worker.scratch, out_dir, worker.job, None)
 
 
 def settle_ceilings(results: dict, end: dict) -> None:

@@ -30,7 +30,7 @@ MB = 2 ** 20  # every *_mb in results.json is MiB, the unit /proc and /usr/bin/t
 
 
 def _announce(phase: str) -> None:
-    print(json.dumps({"phase": phase}), flush=True)
+    _message({"phase": phase})
 
 
 class NonFiniteLogits(RuntimeError):
@@ -59,31 +59,41 @@ def _greedy(engine, prompt: torch.Tensor, n: int, cache_len: int) -> list[int]:
     return greedy_generate(engine, prompt, n)[0].tolist()
 
 
-def _further_batches(engine, lat: dict, batches: list[int], seed: int, job: dict,
-                     result: dict) -> None:
-    """Latency at every batch size after the primary one, stored under `_b<B>` names in
-    metrics, stats and samples.  One untimed generation at the new shape comes first (what
-    compile-style passes did at optimize time for the primary shape).  A batch size that
-    fails is recorded in result["batch_errors"]; the variant's other numbers stand."""
-    from .measure.latency import latency_at_batch
+def _store_latency(result: dict, batch: int, primary: bool, measured: dict) -> None:
+    """latency_at_batch's numbers into the Result: the primary batch size under the plain
+    names, every further one as `_b<B>`, in metrics, stats and samples."""
     from .report.results import at_batch
+
+    for block in ("metrics", "stats", "samples"):
+        result[block].update({(k if primary else at_batch(k, batch)): v
+                              for k, v in measured[block].items()})
+
+
+def _further_batches(engine, lat: dict, batches: list[int], seed: int, job: dict,
+                     result: dict, measured: dict[int, dict]) -> None:
+    """Latency at every batch size after the primary one.  One untimed generation at the
+    new shape comes first (what compile-style passes did at optimize time for the primary
+    shape).  A batch size that fails is recorded in result["batch_errors"]; the variant's
+    other numbers stand."""
+    from .measure.latency import latency_at_batch
 
     for b in batches:
         try:
-            measured = latency_at_batch(engine, b, lat, seed, job.get("n_params") or 0,
-                                        job.get("ceilings"), shape_warmup=True,
-                                        head_params=job.get("head_params") or 0)
+            measured[b] = latency_at_batch(engine, b, lat, seed, job.get("n_params") or 0,
+                                           job.get("ceilings"), shape_warmup=True,
+                                           head_params=job.get("head_params") or 0)
         except Exception as exc:  # noqa: BLE001 - recorded with its reason, never lost
             result.setdefault("batch_errors", {})[str(b)] = failure_reason(exc)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             continue
-        for block in ("metrics", "stats", "samples"):
-            result[block].update({at_batch(k, b): v for k, v in measured[block].items()})
+        _store_latency(result, b, False, measured[b])
 
 
-def run_job(job: dict) -> dict:
-    """Measure one variant; returns the Result dict (status ok | skipped | failed)."""
+def run_job(job: dict, keep: dict | None = None) -> dict:
+    """Measure one variant; returns the Result dict (status ok | skipped | failed).
+    `keep`, when given, receives the measured engine and its latency per batch size, for
+    later latency rounds (`serve_rounds`)."""
     from optimizers import PassContext, parse_pipeline
     from optimizers.base import PassSkipped, inference_layout
     from .measure import fidelity, latency, memory, quality
@@ -181,19 +191,20 @@ def run_job(job: dict) -> dict:
     m["first_divergence"] = fidelity.first_divergence(ref_tokens, tokens)
 
     # latency: the primary batch size under the plain names, every further one as `_b<B>`
-    primary = latency.latency_at_batch(engine, batches[0], lat, cfg.get("seed", 0),
-                                       job.get("n_params") or 0, job.get("ceilings"),
-                                       head_params=job.get("head_params") or 0)
-    m.update(primary["metrics"])
-    result["stats"] = primary["stats"]
-    result["samples"] = primary["samples"]
-    result["latency_protocol"] = {**lat, "batch": batches[0], "batches": batches}
+    round_started, round_t0 = time.time(), time.perf_counter()
+    measured = {batches[0]: latency.latency_at_batch(
+        engine, batches[0], lat, cfg.get("seed", 0), job.get("n_params") or 0,
+        job.get("ceilings"), head_params=job.get("head_params") or 0)}
+    _store_latency(result, batches[0], True, measured[batches[0]])
+    # rounds: how many interleaved rounds the numbers pool (serve_rounds adds the later ones)
+    result["latency_protocol"] = {**lat, "batch": batches[0], "batches": batches, "rounds": 1}
     # before the further batch sizes: nbytes() counts the engine's KV cache at its current shape
     m["weights_mb"] = engine.nbytes() / MB
     files = [Path(f) for f in engine.artifact_files()]
     m["artifact_mb"] = sum(f.stat().st_size for f in files if f.is_file()) / MB if files else None
     m["optimize_s"] = optimize_s
-    _further_batches(engine, lat, batches[1:], cfg.get("seed", 0), job, result)
+    _further_batches(engine, lat, batches[1:], cfg.get("seed", 0), job, result, measured)
+    result["latency_rounds"] = [_round_record(round_started, round_t0)]
 
     # ---- quality (trained weights only) -----------------------------------------------
     result["quality_protocol"] = {"context": q["context"], "stride": q["stride"],
@@ -225,7 +236,84 @@ def run_job(job: dict) -> dict:
         result["peak_device_reserved_mb"] = dev["reserved"]
     result["phases"]["measure"] = {"s": time.perf_counter() - t0, "peak_rss_mb": m["peak_rss_mb"]}
     result["duration_s"] = time.perf_counter() - t_start
+    if keep is not None:
+        keep.update(engine=engine, measured=measured)
     return result
+
+
+def _round_record(started_unix: float, t0: float) -> dict:
+    """When one latency round ran (wall clock, comparable across workers) and for how long."""
+    return {"started_unix_s": round(started_unix, 3), "s": round(time.perf_counter() - t0, 3)}
+
+
+# ---- interleaved latency rounds -------------------------------------------------------------
+# With latency.rounds > 1 the worker does not exit after its Result: it stays parked, engine
+# loaded, and measures one more latency round each time the harness writes "round" to its
+# stdin, so that the harness can visit every variant of a model in turn (as asv's rounds do)
+# and a slow drift of the host's load lands on all variants alike.
+PARK_MIN_AVAILABLE = 0.25  # keep a quarter of host memory free for the variants still to run
+
+
+def park_refusal(device: str) -> str | None:
+    """Why this worker should not stay parked for later rounds, or None: parked workers
+    hold their engine in memory while the other variants are measured."""
+    from .measure import memory
+
+    total, available = memory.host_memory_mb()
+    if total and available is not None and available < PARK_MIN_AVAILABLE * total:
+        return (f"only {available:.0f} of {total:.0f} MiB host memory free after this variant; "
+                "it was not kept loaded for later rounds")
+    if device == "cuda" and torch.cuda.is_available():
+        free, total_dev = torch.cuda.mem_get_info()
+        if free < PARK_MIN_AVAILABLE * total_dev:
+            return (f"only {free / MB:.0f} of {total_dev / MB:.0f} MiB GPU memory free after this "
+                    "variant; it was not kept loaded for later rounds")
+    return None
+
+
+def latency_round(job: dict, result: dict, kept: dict) -> None:
+    """One more latency round at every batch size measured so far, pooled into the Result."""
+    from .measure.latency import latency_at_batch
+
+    cfg = job["config"]
+    lat = cfg["latency"]
+    started, t0 = time.time(), time.perf_counter()
+    for i, (b, earlier) in enumerate(kept["measured"].items()):
+        kept["measured"][b] = latency_at_batch(
+            kept["engine"], b, lat, cfg.get("seed", 0), job.get("n_params") or 0,
+            job.get("ceilings"), head_params=job.get("head_params") or 0, earlier=earlier)
+        _store_latency(result, b, i == 0, kept["measured"][b])
+    result["latency_protocol"]["rounds"] += 1
+    result["latency_rounds"].append(_round_record(started, t0))
+
+
+def serve_rounds(job: dict, result: dict, kept: dict, out_path: Path, commands=None) -> None:
+    """Stay parked and run a latency round per "round" line on stdin, rewriting RESULT.json
+    after each; any other line or the end of stdin ends the worker.  Messages on stdout
+    tell the harness where things stand: parked, round_done, round_failed, not_parked."""
+    refusal = park_refusal(job["device"])
+    if refusal:
+        result["latency_rounds_note"] = refusal
+        write_json_atomic(out_path, result)
+        _message({"not_parked": refusal})
+        return
+    _message({"parked": True})
+    for line in commands if commands is not None else sys.stdin:
+        if line.strip() != "round":
+            return
+        try:
+            latency_round(job, result, kept)
+        except Exception as exc:  # noqa: BLE001 - the earlier rounds' numbers stand
+            result["latency_rounds_note"] = f"a later latency round failed: {failure_reason(exc)}"
+            write_json_atomic(out_path, result)
+            _message({"round_failed": result["latency_rounds_note"]})
+            return
+        write_json_atomic(out_path, result)
+        _message({"round_done": result["latency_protocol"]["rounds"]})
+
+
+def _message(msg: dict) -> None:
+    print(json.dumps(msg), flush=True)
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -275,14 +363,18 @@ def main(argv: list[str] | None = None) -> int:
     job_path, out_path = Path(argv[0]), Path(argv[1])
     job = json.loads(job_path.read_text())
     base = {"model": job["model"], "variant": job["variant"], "device": job["device"]}
+    kept: dict = {}
     try:
-        result = run_job(job)
+        result = run_job(job, keep=kept)
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded, never lost
         if isinstance(exc, KeyboardInterrupt):
             raise
         result = {**base, "status": "failed", "reason": failure_reason(exc), "metrics": {}}
         print(traceback.format_exc(), file=sys.stderr, flush=True)
+        kept.clear()
     write_json_atomic(out_path, result)
+    if kept and job["config"]["latency"].get("rounds", 1) > 1:
+        serve_rounds(job, result, kept, out_path)
     return 0
 
 

@@ -10,7 +10,7 @@ from gpteval.weights import save_checkpoint
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 FAULTY = ("test-raise=faulty_passes:Raise,test-kill=faulty_passes:Segfault,"
           "test-hang=faulty_passes:Hang,test-nan=faulty_passes:NaNLogits,"
-          "test-slow=faulty_passes:Slow")
+          "test-slow=faulty_passes:Slow,test-hang-later=faulty_passes:HangInLaterRound")
 
 
 def tiny_checkpoint(directory: Path) -> Path:
@@ -23,7 +23,7 @@ def tiny_checkpoint(directory: Path) -> Path:
 
 
 def study_toml(model: Path | str, variants: list[str], name: str = "t", timeout_s: float = 120,
-               tasks: str = "[]") -> str:
+               tasks: str = "[]", latency_extra: str = "") -> str:
     vs = ", ".join(f'"{v}"' for v in variants)
     return f'''name = "{name}"
 models = ["{model}"]
@@ -39,7 +39,7 @@ new_tokens = 8
 warmup = 0
 min_repeats = 2
 min_time_s = 0.0
-
+{latency_extra}
 [quality]
 text = "bundled:test"
 context = 64

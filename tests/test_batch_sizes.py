@@ -122,8 +122,10 @@ def test_a_failing_further_batch_size_is_recorded_and_the_rest_stands(monkeypatc
 
     monkeypatch.setattr(latency, "latency_at_batch", fake)
     result = {"metrics": {"tpot_ms": 1.0}, "stats": {}, "samples": {}}
-    worker._further_batches(None, {}, [4, 8], 0, {}, result)
+    measured = {1: "primary"}
+    worker._further_batches(None, {}, [4, 8], 0, {}, result, measured)
     assert result["metrics"] == {"tpot_ms": 1.0, "tpot_ms_b8": 16.0}
+    assert sorted(measured) == [1, 8]  # later latency rounds revisit the sizes that worked
     assert result["samples"] == {"tpot_ms_b8": [16.0]} and result["stats"]["tpot_ms_b8"]["median"] == 16.0
     assert result["batch_errors"] == {"4": "RuntimeError at test_batch_sizes.py:" +
                                       result["batch_errors"]["4"].split(":")[1] + ": no kernel for batch 4"}

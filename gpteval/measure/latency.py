@@ -16,7 +16,7 @@ generator: latency does not depend on what the tokens mean.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -52,6 +52,16 @@ class LatencyResult:
     def prefill_tok_s(self) -> float:
         """Prompt tokens processed per second: B * P * 1000 / median ttft_ms."""
         return self.batch * self.prompt_len * 1000.0 / self.ttft_ms.median
+
+    def pooled_with(self, samples: dict[str, list[float]]) -> "LatencyResult":
+        """This measurement with earlier raw samples of the same protocol (as_dict's
+        "samples") added: the statistics of interleaved rounds taken together."""
+        def pool(own: Stats, name: str) -> Stats:
+            return Stats(list(samples[name]) + own.samples, own.seed)
+
+        return replace(self, ttft_ms=pool(self.ttft_ms, "ttft_ms"),
+                       tpot_ms=pool(self.tpot_ms, "tpot_ms"),
+                       decode_step_ms=pool(self.decode_step_ms, "decode_step_ms"))
 
     def protocol(self) -> dict:
         """How the numbers were taken (results.json "latency_protocol")."""
@@ -129,7 +139,7 @@ def measure_latency(engine: Engine, batch: int, prompt_len: int, new_tokens: int
 
 def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, n_params: int = 0,
                      ceilings: dict | None = None, shape_warmup: bool = False,
-                     head_params: int = 0) -> dict:
+                     head_params: int = 0, earlier: dict | None = None) -> dict:
     """measure_latency at one batch size (prompt_len, new_tokens, warmup, min_repeats and
     min_time_s from `protocol`, the config's [latency]) and what follows from it:
     {"metrics": ttft_ms, tpot_ms, decode_tok_s, prefill_tok_s, bandwidth_gbs, roofline_pct,
@@ -137,7 +147,10 @@ def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, 
     tpot_ms, decode_step_ms}.  `ceilings` holds the device's memory_bandwidth_gbs /
     matmul_gflops (percentages are None without them).
     shape_warmup: one untimed generation at this shape first, for an engine that was warmed
-    up (compiled, graph-captured) at another batch size."""
+    up (compiled, graph-captured) at another batch size.
+    earlier: what an earlier call at this batch size returned (an earlier round); its raw
+    samples are pooled with this call's, so every statistic covers all rounds, and
+    cpu_steal_pct is the mean over rounds.  The result's "rounds" counts them."""
     from . import ceilings as C
     from . import host
 
@@ -146,11 +159,20 @@ def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, 
         engine.reset(batch, prompt_len + new_tokens)
         greedy_generate(engine, torch.zeros(batch, prompt_len, dtype=torch.long), new_tokens)
     ticks = host.cpu_ticks()
-    d = measure_latency(engine, batch, prompt_len, new_tokens, warmup=protocol["warmup"],
-                        min_repeats=protocol["min_repeats"], min_time_s=protocol["min_time_s"],
-                        seed=seed).as_dict(include_samples=True)
+    measured = measure_latency(engine, batch, prompt_len, new_tokens, warmup=protocol["warmup"],
+                               min_repeats=protocol["min_repeats"],
+                               min_time_s=protocol["min_time_s"], seed=seed)
+    steal = host.steal_pct(ticks, host.cpu_ticks())
+    rounds = 1
+    if earlier:
+        measured = measured.pooled_with(earlier["samples"])
+        rounds = earlier.get("rounds", 1) + 1
+        before = earlier["metrics"].get("cpu_steal_pct")
+        steal = None if steal is None or before is None else \
+            (before * (rounds - 1) + steal) / rounds
+    d = measured.as_dict(include_samples=True)
     m = {k: d[k] for k in ("ttft_ms", "tpot_ms", "decode_tok_s", "prefill_tok_s")}
-    m["cpu_steal_pct"] = host.steal_pct(ticks, host.cpu_ticks())
+    m["cpu_steal_pct"] = steal
     bw = (ceilings or {}).get("memory_bandwidth_gbs")
     gflops = C.matmul_ceiling_gflops(ceilings or {}, engine.describe().get("dtype"))
     # one decode step reads the weights once for the whole batch
@@ -158,4 +180,4 @@ def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, 
     m["roofline_pct"] = C.percent_of(m["bandwidth_gbs"], bw) if bw else None
     achieved = C.prefill_gflops(n_params, batch, prompt_len, m["ttft_ms"], head_params)
     m["flops_pct"] = C.percent_of(achieved, gflops) if gflops else None
-    return {"metrics": m, "stats": d["stats"], "samples": d["samples"]}
+    return {"metrics": m, "stats": d["stats"], "samples": d["samples"], "rounds": rounds}

@@ -35,15 +35,29 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def _vm_hwm_kib() -> int | None:
+def _proc_kib(path: str, key: str) -> int | None:
+    """A "Key:   123456 kB" value of a /proc file, in KiB; None where absent."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])  # "VmHWM:   123456 kB"
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _vm_hwm_kib() -> int | None:
+    return _proc_kib("/proc/self/status", "VmHWM")
+
+
+def host_memory_mb() -> tuple[float | None, float | None]:
+    """(total, available) host memory in MiB from /proc/meminfo; (None, None) elsewhere.
+    Available is the kernel's estimate of what can be allocated without swapping."""
+    total = _proc_kib("/proc/meminfo", "MemTotal")
+    available = _proc_kib("/proc/meminfo", "MemAvailable")
+    return (total / 1024.0 if total is not None else None,
+            available / 1024.0 if available is not None else None)
 
 
 def peak_rss_mb() -> float:

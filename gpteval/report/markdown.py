@@ -141,7 +141,12 @@ def _protocols(entries: list[dict]) -> list[str]:
         lines.append(
             f"Latency protocol: {_batch_words(p)}, prompt {p.get('prompt_len')} tokens, "
             f"{p.get('new_tokens')} new tokens, greedy; {p.get('warmup')} warm-up run(s), then repeats "
-            f"until ≥ {p.get('min_repeats')} and ≥ {p.get('min_time_s')} s.")
+            f"until ≥ {p.get('min_repeats')} and ≥ {p.get('min_time_s')} s{_rounds_words(p)}.")
+    for e in entries:
+        if e.get("status") == "ok" and e.get("latency_rounds_note"):
+            rounds = (e.get("latency_protocol") or {}).get("rounds") or 1
+            lines.append(f"`{R.label(e)}` has {rounds} latency round(s): "
+                         f"{fmt.cell(e['latency_rounds_note'])}.")
     steal = _steal_line(entries)
     if steal:
         lines.append(steal)
@@ -150,6 +155,14 @@ def _protocols(entries: list[dict]) -> list[str]:
         lines.append(f"Quality protocol: context {p.get('context')}, stride {p.get('stride')}, "
                      f"{fmt.num(p.get('n_tokens'))} tokens of text (sha256 {sha}…).")
     return lines
+
+
+def _rounds_words(p: dict) -> str:
+    rounds = p.get("rounds") or 1
+    if rounds < 2:
+        return ""
+    return (f", in each of {rounds} interleaved rounds (every variant of the model measured in "
+            "turn, each round's samples pooled)")
 
 
 def _steal_line(entries: list[dict]) -> str | None:

@@ -51,3 +51,21 @@ class Slow(Pass):
     def apply(self, engine, ctx):
         time.sleep(float(os.environ.get("GPTEVAL_TEST_SLOW_S", "3")))
         return engine
+
+
+class HangInLaterRound(Pass):
+    name = "test-hang-later"
+    summary = "measures normally, then hangs once it has been reset more than N times"
+
+    def apply(self, engine, ctx):
+        limit = int(os.environ.get("GPTEVAL_TEST_RESETS", "3"))
+        reset, calls = engine.reset, [0]
+
+        def counting_reset(*args, **kwargs):
+            calls[0] += 1
+            while calls[0] > limit:
+                time.sleep(0.1)
+            return reset(*args, **kwargs)
+
+        engine.reset = counting_reset
+        return engine
