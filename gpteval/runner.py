@@ -125,7 +125,7 @@ class _Process:
 class Parked:
     """A worker that delivered its Result and stays loaded for more latency rounds."""
 
-    def __init__(self, job: Job, process: _Process, runner: "JobRunner") -> None:
+    def __init__(self, job: Job, process: _Process, runner: JobRunner) -> None:
         self.job, self.process, self.runner = job, process, runner
         self.scratch = process.scratch
 

@@ -53,7 +53,7 @@ class LatencyResult:
         """Prompt tokens processed per second: B * P * 1000 / median ttft_ms."""
         return self.batch * self.prompt_len * 1000.0 / self.ttft_ms.median
 
-    def pooled_with(self, samples: dict[str, list[float]]) -> "LatencyResult":
+    def pooled_with(self, samples: dict[str, list[float]]) -> LatencyResult:
         """This measurement with earlier raw samples of the same protocol (as_dict's
         "samples") added: the statistics of interleaved rounds taken together."""
         def pool(own: Stats, name: str) -> Stats:
