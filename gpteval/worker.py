@@ -204,7 +204,7 @@ def run_job(job: dict, keep: dict | None = None) -> dict:
     m["artifact_mb"] = sum(f.stat().st_size for f in files if f.is_file()) / MB if files else None
     m["optimize_s"] = optimize_s
     _further_batches(engine, lat, batches[1:], cfg.get("seed", 0), job, result, measured)
-    result["latency_rounds"] = [_round_record(round_started, round_t0)]
+    result["latency_rounds"] = [_round_record(round_started, round_t0, result)]
 
     # ---- quality (trained weights only) -----------------------------------------------
     result["quality_protocol"] = {"context": q["context"], "stride": q["stride"],
@@ -241,9 +241,13 @@ def run_job(job: dict, keep: dict | None = None) -> dict:
     return result
 
 
-def _round_record(started_unix: float, t0: float) -> dict:
-    """When one latency round ran (wall clock, comparable across workers) and for how long."""
-    return {"started_unix_s": round(started_unix, 3), "s": round(time.perf_counter() - t0, 3)}
+def _round_record(started_unix: float, t0: float, result: dict) -> dict:
+    """When one latency round ran (wall clock, comparable across workers), for how long, and
+    how many repeats it added at the primary batch size: the pooled samples are the rounds'
+    repeats in order, so each round's own numbers can be recovered from results.json."""
+    earlier = sum(r["repeats"] for r in result.get("latency_rounds", []))
+    return {"started_unix_s": round(started_unix, 3), "s": round(time.perf_counter() - t0, 3),
+            "repeats": len(result["samples"]["tpot_ms"]) - earlier}
 
 
 # ---- interleaved latency rounds -------------------------------------------------------------
@@ -284,7 +288,7 @@ def latency_round(job: dict, result: dict, kept: dict) -> None:
             job.get("ceilings"), head_params=job.get("head_params") or 0, earlier=earlier)
         _store_latency(result, b, i == 0, kept["measured"][b])
     result["latency_protocol"]["rounds"] += 1
-    result["latency_rounds"].append(_round_record(started, t0))
+    result["latency_rounds"].append(_round_record(started, t0, result))
 
 
 def serve_rounds(job: dict, result: dict, kept: dict, out_path: Path, commands=None) -> None:
