@@ -223,7 +223,10 @@ def execute(cfg: RunConfig, out_dir: Path, *, resume: bool = False,
 def _latency_rounds(parked: list[tuple[Parked, int]], cfg: RunConfig, state: RunState,
                     results_path: Path, runner: JobRunner, progress) -> None:
     """Rounds 2..R of latency over the parked workers of one model and device, visiting
-    them in turn (each round starting one variant later, so no variant is always first);
+    them in turn, in serpentine order: round 2 goes backwards through the study's variant
+    list, round 3 forwards, and so on.  Neighbours in the list (hf and eager, say) stay
+    neighbours in time in every round, however long the variants between them take, and a
+    drift of the host's speed that is linear in time cancels out of their pooled ratios.
     results.json is rewritten after every round of every variant."""
     rounds = cfg.latency.rounds
     entries = state.results["results"]
@@ -231,8 +234,7 @@ def _latency_rounds(parked: list[tuple[Parked, int]], cfg: RunConfig, state: Run
         active = [p for p in parked if p[0].process.alive()]
         if not active:
             return
-        shift = (r - 2) % len(active)
-        for worker, idx in active[shift:] + active[:shift]:
+        for worker, idx in (active[::-1] if r % 2 == 0 else active):
             if state.interrupted_by:
                 return
             if progress:

@@ -253,8 +253,8 @@ def _round_record(started_unix: float, t0: float, result: dict) -> dict:
 # ---- interleaved latency rounds -------------------------------------------------------------
 # With latency.rounds > 1 the worker does not exit after its Result: it stays parked, engine
 # loaded, and measures one more latency round each time the harness writes "round" to its
-# stdin, so that the harness can visit every variant of a model in turn (as asv's rounds do)
-# and a slow drift of the host's load lands on all variants alike.
+# stdin, so that the harness can visit every variant of a model in turn (as asv's
+# --interleave-processes does) and a slow drift of the host's load lands on all variants alike.
 PARK_MIN_AVAILABLE = 0.25  # keep a quarter of host memory free for the variants still to run
 
 
@@ -295,6 +295,7 @@ def serve_rounds(job: dict, result: dict, kept: dict, out_path: Path, commands=N
     """Stay parked and run a latency round per "round" line on stdin, rewriting RESULT.json
     after each; any other line or the end of stdin ends the worker.  Messages on stdout
     tell the harness where things stand: parked, round_done, round_failed, not_parked."""
+    _return_free_memory()
     refusal = park_refusal(job["device"])
     if refusal:
         result["latency_rounds_note"] = refusal
@@ -314,6 +315,20 @@ def serve_rounds(job: dict, result: dict, kept: dict, out_path: Path, commands=N
             return
         write_json_atomic(out_path, result)
         _message({"round_done": result["latency_protocol"]["rounds"]})
+
+
+def _return_free_memory() -> None:
+    """Give what the finished measurement freed (reference logits, quality batches) back to
+    the OS before parking: glibc keeps freed heap pages, and a parked worker's resident
+    memory is what the variants still to run must do without."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
 
 
 def _message(msg: dict) -> None:

@@ -105,9 +105,9 @@ def test_variants_are_measured_in_turn_and_their_samples_pooled(tmp_path):
         assert r["metrics"]["tpot_ms"] == pytest.approx(statistics.median(r["samples"]["tpot_ms"]))
     start = {v: [rd["started_unix_s"] for rd in by[v]["latency_rounds"]] for v in ("eager", "int8-dynamic")}
     # round 1 is each variant's own job; rounds 2 and 3 come after every job of the model,
-    # round 3 starting one variant later than round 2
-    assert start["eager"][0] < start["int8-dynamic"][0] < start["eager"][1] < start["int8-dynamic"][1]
-    assert start["int8-dynamic"][2] < start["eager"][2]
+    # round 2 backwards through the variant list, round 3 forwards (serpentine)
+    assert start["eager"][0] < start["int8-dynamic"][0] < start["int8-dynamic"][1] < start["eager"][1]
+    assert start["eager"][1] < start["eager"][2] < start["int8-dynamic"][2]
     # the variant that hung in a later round keeps its first round, with the reason
     assert hang["status"] == "ok" and hang["latency_protocol"]["rounds"] == 1
     assert "timed out after 15 s" in hang["latency_rounds_note"]

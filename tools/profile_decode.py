@@ -1,4 +1,5 @@
-"""Where one decode step's time goes: the kernels of a variant's decode, by device time.
+"""Where one decode step's time goes: the kernels of a variant's decode, by device time
+(with --prefill: where one prefill of the prompt goes, the time behind TTFT).
 
     python tools/profile_decode.py --model gpt2-xl --variant bf16+compile:reduce-overhead \
         --device cuda --batch 1 --prompt 128 --steps 64
@@ -29,6 +30,9 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--prefill", action="store_true",
+                    help="profile prefills of the prompt (TTFT) instead of decode steps; "
+                         "--steps prefills are profiled")
     args = ap.parse_args()
 
     from gpteval.engine import TorchEngine
@@ -61,7 +65,11 @@ def main() -> None:
     engine.synchronize()
     with profile(activities=acts) as prof:
         for _ in range(args.steps):
-            token = engine.decode(token).argmax(-1, keepdim=True)
+            if args.prefill:
+                engine.reset(args.batch, max_len)
+                engine.prefill(ids)
+            else:
+                token = engine.decode(token).argmax(-1, keepdim=True)
         engine.synchronize()
     cuda = args.device.startswith("cuda")
     per_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -73,9 +81,10 @@ def main() -> None:
             per_kernel[e.name][0] += e.cpu_time_total
             per_kernel[e.name][1] += 1
     total = sum(v[0] for v in per_kernel.values())
-    print(f"{'device' if cuda else 'cpu'} time in kernels per step: {total / args.steps:.1f} us; "
-          f"kernels per step: {sum(v[1] for v in per_kernel.values()) / args.steps:.0f}")
-    print(f"{'us/step':>9} {'n/step':>7} {'share':>6}  kernel")
+    unit = "prefill" if args.prefill else "step"
+    print(f"{'device' if cuda else 'cpu'} time in kernels per {unit}: {total / args.steps:.1f} us; "
+          f"kernels per {unit}: {sum(v[1] for v in per_kernel.values()) / args.steps:.0f}")
+    print(f"{'us/' + unit:>9} {'n/' + unit:>7} {'share':>6}  kernel")
     for name, (us, n) in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"{us / args.steps:9.1f} {n / args.steps:7.1f} {100 * us / total:5.1f}%  {name[:110]}")
 
@@ -83,7 +92,8 @@ def main() -> None:
 def profile_ort(engine, args) -> None:
     """The same ranking for an ONNX Runtime engine, from ORT's own profiler: the session is
     rebuilt with profiling on (same file, options and threads), and node times are summed
-    per operator type over the decode steps only (the prefill run is left out)."""
+    per operator type over the decode steps only (the prefill run is left out), or with
+    --prefill over --steps prefills of the prompt."""
     import json
 
     import onnxruntime as ort
@@ -97,10 +107,14 @@ def profile_ort(engine, args) -> None:
     engine.reset(args.batch, args.prompt + args.steps + 1)
     token = engine.prefill(ids)[:, -1].argmax(-1, keepdim=True)
     for _ in range(args.steps):
-        token = engine.decode(token).argmax(-1, keepdim=True)
+        if args.prefill:
+            engine.reset(args.batch, args.prompt + args.steps + 1)
+            engine.prefill(ids)
+        else:
+            token = engine.decode(token).argmax(-1, keepdim=True)
     events = json.loads(Path(engine.session.end_profiling()).read_text())
     runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
-    decode_start = runs[1]["ts"]  # runs[0] is the prefill
+    decode_start = runs[1]["ts"]  # runs[0] is the first prefill (a warm-up with --prefill)
     per_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for e in events:
         if (e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
@@ -110,10 +124,11 @@ def profile_ort(engine, args) -> None:
             op[1] += 1
     total = sum(v[0] for v in per_op.values())
     run_us = sorted(e["dur"] for e in runs[1:])[len(runs[1:]) // 2]
-    print(f"ORT per decode step: model_run median {run_us:.1f} us, in nodes "
-          f"{total / args.steps:.1f} us (the rest is the session's own overhead); nodes per step: "
-          f"{sum(v[1] for v in per_op.values()) / args.steps:.0f}")
-    print(f"{'us/step':>9} {'n/step':>7} {'share':>6}  operator")
+    unit = "prefill" if args.prefill else "step"
+    print(f"ORT per {'prefill' if args.prefill else 'decode step'}: model_run median {run_us:.1f} "
+          f"us, in nodes {total / args.steps:.1f} us (the rest is the session's own overhead); "
+          f"nodes per {unit}: {sum(v[1] for v in per_op.values()) / args.steps:.0f}")
+    print(f"{'us/' + unit:>9} {'n/' + unit:>7} {'share':>6}  operator")
     for name, (us, n) in sorted(per_op.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"{us / args.steps:9.1f} {n / args.steps:7.1f} {100 * us / total:5.1f}%  {name}")
 
