@@ -113,6 +113,20 @@ class _Process:
             elif time.monotonic() - t0 > timeout_s:
                 return "timeout", None
 
+    def end(self, kill: bool) -> int:
+        """End the process and return its exit status: kill it at once (hung, or the run
+        was stopped), or close its stdin, which ends a parked worker, and wait (30 s, then
+        kill)."""
+        if kill:
+            self.kill()
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            return self.proc.wait(timeout=30)
+        except (subprocess.TimeoutExpired, OSError):
+            self.kill()
+            return self.proc.wait()
+
     def read_result(self) -> dict | None:
         if self.out_file.is_file():
             try:
@@ -144,9 +158,8 @@ class Parked:
                                   lambda: self.runner.stop_requested)
         if how == "message" and "round_done" in msg:
             return p.read_result(), None
-        if how != "message":
-            p.kill()  # hung, or the run was stopped: waiting for it to exit would hang too
-        self.close()
+        # hung, or the run was stopped: waiting for it to exit would hang too
+        self.runner.end(p, kill=how != "message")
         if how == "message":
             return p.read_result(), None  # the worker recorded why in latency_rounds_note
         if how == "timeout":
@@ -156,15 +169,7 @@ class Parked:
         return None, None  # stopped: nothing to record
 
     def close(self) -> None:
-        p = self.process
-        try:
-            if p.proc.stdin:
-                p.proc.stdin.close()  # end of stdin: the worker exits
-            p.proc.wait(timeout=30)
-        except (subprocess.TimeoutExpired, OSError):
-            p.kill()
-            p.proc.wait()
-        self.runner.live.discard(p)
+        self.runner.end(self.process, kill=False)
 
 
 class JobRunner:
@@ -182,6 +187,12 @@ class JobRunner:
         for p in list(self.live):
             p.kill()
 
+    def end(self, p: _Process, kill: bool) -> int:
+        """End one of this runner's processes (see _Process.end); it is no longer live."""
+        rc = p.end(kill)
+        self.live.discard(p)
+        return rc
+
     def run(self, job: Job, payload: dict, scratch: Path, timeout_s: float,
             park: bool = False) -> tuple[dict | None, Parked | None]:
         """(Result, None) once the worker has ended, or (Result, Parked) when `park` asked
@@ -194,12 +205,7 @@ class JobRunner:
         if how == "message" and "parked" in msg:
             return p.read_result() or {**base, "status": "failed",
                                        "reason": "parked without a result"}, Parked(job, p, self)
-        if how in ("timeout", "stopped"):
-            p.kill()
-        rc = p.proc.wait()
-        if p.proc.stdin:
-            p.proc.stdin.close()
-        self.live.discard(p)
+        rc = self.end(p, kill=how in ("timeout", "stopped"))
         if how == "stopped":
             return None, None  # interrupted: the job is not finished and is not recorded
         if how == "timeout":

@@ -69,19 +69,25 @@ def _store_latency(result: dict, batch: int, primary: bool, measured: dict) -> N
                               for k, v in measured[block].items()})
 
 
-def _further_batches(engine, lat: dict, batches: list[int], seed: int, job: dict,
-                     result: dict, measured: dict[int, dict]) -> None:
+def _batch_latency(engine, batch: int, job: dict, **kw) -> dict:
+    """latency_at_batch with the job's protocol, seed, model size and device ceilings."""
+    from .measure.latency import latency_at_batch
+
+    cfg = job["config"]
+    return latency_at_batch(engine, batch, cfg["latency"], cfg.get("seed", 0),
+                            job.get("n_params") or 0, job.get("ceilings"),
+                            head_params=job.get("head_params") or 0, **kw)
+
+
+def _further_batches(engine, batches: list[int], job: dict, result: dict,
+                     measured: dict[int, dict]) -> None:
     """Latency at every batch size after the primary one.  One untimed generation at the
     new shape comes first (what compile-style passes did at optimize time for the primary
     shape).  A batch size that fails is recorded in result["batch_errors"]; the variant's
     other numbers stand."""
-    from .measure.latency import latency_at_batch
-
     for b in batches:
         try:
-            measured[b] = latency_at_batch(engine, b, lat, seed, job.get("n_params") or 0,
-                                           job.get("ceilings"), shape_warmup=True,
-                                           head_params=job.get("head_params") or 0)
+            measured[b] = _batch_latency(engine, b, job, shape_warmup=True)
         except Exception as exc:  # noqa: BLE001 - recorded with its reason, never lost
             result.setdefault("batch_errors", {})[str(b)] = failure_reason(exc)
             if torch.cuda.is_available():
@@ -96,7 +102,7 @@ def run_job(job: dict, keep: dict | None = None) -> dict:
     later latency rounds (`serve_rounds`)."""
     from optimizers import PassContext, parse_pipeline
     from optimizers.base import PassSkipped, inference_layout
-    from .measure import fidelity, latency, memory, quality
+    from .measure import fidelity, memory, quality
 
     cfg = job["config"]
     device, variant, model_spec = job["device"], job["variant"], job["model"]
@@ -192,9 +198,7 @@ def run_job(job: dict, keep: dict | None = None) -> dict:
 
     # latency: the primary batch size under the plain names, every further one as `_b<B>`
     round_started, round_t0 = time.time(), time.perf_counter()
-    measured = {batches[0]: latency.latency_at_batch(
-        engine, batches[0], lat, cfg.get("seed", 0), job.get("n_params") or 0,
-        job.get("ceilings"), head_params=job.get("head_params") or 0)}
+    measured = {batches[0]: _batch_latency(engine, batches[0], job)}
     _store_latency(result, batches[0], True, measured[batches[0]])
     # rounds: how many interleaved rounds the numbers pool (serve_rounds adds the later ones)
     result["latency_protocol"] = {**lat, "batch": batches[0], "batches": batches, "rounds": 1}
@@ -203,7 +207,7 @@ def run_job(job: dict, keep: dict | None = None) -> dict:
     files = [Path(f) for f in engine.artifact_files()]
     m["artifact_mb"] = sum(f.stat().st_size for f in files if f.is_file()) / MB if files else None
     m["optimize_s"] = optimize_s
-    _further_batches(engine, lat, batches[1:], cfg.get("seed", 0), job, result, measured)
+    _further_batches(engine, batches[1:], job, result, measured)
     result["latency_rounds"] = [_round_record(round_started, round_t0, result)]
 
     # ---- quality (trained weights only) -----------------------------------------------
@@ -277,15 +281,9 @@ def park_refusal(device: str) -> str | None:
 
 def latency_round(job: dict, result: dict, kept: dict) -> None:
     """One more latency round at every batch size measured so far, pooled into the Result."""
-    from .measure.latency import latency_at_batch
-
-    cfg = job["config"]
-    lat = cfg["latency"]
     started, t0 = time.time(), time.perf_counter()
     for i, (b, earlier) in enumerate(kept["measured"].items()):
-        kept["measured"][b] = latency_at_batch(
-            kept["engine"], b, lat, cfg.get("seed", 0), job.get("n_params") or 0,
-            job.get("ceilings"), head_params=job.get("head_params") or 0, earlier=earlier)
+        kept["measured"][b] = _batch_latency(kept["engine"], b, job, earlier=earlier)
         _store_latency(result, b, i == 0, kept["measured"][b])
     result["latency_protocol"]["rounds"] += 1
     result["latency_rounds"].append(_round_record(started, t0, result))

@@ -123,7 +123,8 @@ def test_a_failing_further_batch_size_is_recorded_and_the_rest_stands(monkeypatc
     monkeypatch.setattr(latency, "latency_at_batch", fake)
     result = {"metrics": {"tpot_ms": 1.0}, "stats": {}, "samples": {}}
     measured = {1: "primary"}
-    worker._further_batches(None, {}, [4, 8], 0, {}, result, measured)
+    job = {"config": {"latency": {}}}
+    worker._further_batches(None, [4, 8], job, result, measured)
     assert result["metrics"] == {"tpot_ms": 1.0, "tpot_ms_b8": 16.0}
     assert sorted(measured) == [1, 8]  # later latency rounds revisit the sizes that worked
     assert result["samples"] == {"tpot_ms_b8": [16.0]} and result["stats"]["tpot_ms_b8"]["median"] == 16.0

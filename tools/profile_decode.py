@@ -59,17 +59,10 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
-    ids = torch.randint(0, engine.vocab_size, (args.batch, args.prompt))
-    engine.reset(args.batch, max_len)
-    token = engine.prefill(ids)[:, -1].argmax(-1, keepdim=True)
+    run_profiled = _profiled_calls(engine, args)
     engine.synchronize()
     with profile(activities=acts) as prof:
-        for _ in range(args.steps):
-            if args.prefill:
-                engine.reset(args.batch, max_len)
-                engine.prefill(ids)
-            else:
-                token = engine.decode(token).argmax(-1, keepdim=True)
+        run_profiled()
         engine.synchronize()
     cuda = args.device.startswith("cuda")
     per_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -81,11 +74,41 @@ def main() -> None:
             per_kernel[e.name][0] += e.cpu_time_total
             per_kernel[e.name][1] += 1
     total = sum(v[0] for v in per_kernel.values())
-    unit = "prefill" if args.prefill else "step"
+    unit = _unit(args)
     print(f"{'device' if cuda else 'cpu'} time in kernels per {unit}: {total / args.steps:.1f} us; "
           f"kernels per {unit}: {sum(v[1] for v in per_kernel.values()) / args.steps:.0f}")
-    print(f"{'us/' + unit:>9} {'n/' + unit:>7} {'share':>6}  kernel")
-    for name, (us, n) in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[: args.top]:
+    _print_ranking(per_kernel, args, "kernel")
+
+
+def _unit(args) -> str:
+    return "prefill" if args.prefill else "step"
+
+
+def _profiled_calls(engine, args):
+    """Prefill the prompt once (unprofiled warm-up, and the cache the decode steps extend),
+    and return what is profiled: --steps decode steps, or with --prefill --steps prefills."""
+    max_len = args.prompt + args.steps + 1
+    ids = torch.randint(0, engine.vocab_size, (args.batch, args.prompt))
+    engine.reset(args.batch, max_len)
+    token = engine.prefill(ids)[:, -1].argmax(-1, keepdim=True)
+
+    def run() -> None:
+        nonlocal token
+        for _ in range(args.steps):
+            if args.prefill:
+                engine.reset(args.batch, max_len)
+                engine.prefill(ids)
+            else:
+                token = engine.decode(token).argmax(-1, keepdim=True)
+    return run
+
+
+def _print_ranking(per: dict[str, list[float]], args, what: str) -> None:
+    """The `per` name -> [total us, calls] table, per step (or prefill), largest first."""
+    total = sum(v[0] for v in per.values())
+    unit = _unit(args)
+    print(f"{'us/' + unit:>9} {'n/' + unit:>7} {'share':>6}  {what}")
+    for name, (us, n) in sorted(per.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"{us / args.steps:9.1f} {n / args.steps:7.1f} {100 * us / total:5.1f}%  {name[:110]}")
 
 
@@ -103,15 +126,7 @@ def profile_ort(engine, args) -> None:
     so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
     engine.session = ort.InferenceSession(str(engine.model_path), so,
                                           providers=engine.session.get_providers())
-    ids = torch.randint(0, engine.vocab_size, (args.batch, args.prompt))
-    engine.reset(args.batch, args.prompt + args.steps + 1)
-    token = engine.prefill(ids)[:, -1].argmax(-1, keepdim=True)
-    for _ in range(args.steps):
-        if args.prefill:
-            engine.reset(args.batch, args.prompt + args.steps + 1)
-            engine.prefill(ids)
-        else:
-            token = engine.decode(token).argmax(-1, keepdim=True)
+    _profiled_calls(engine, args)()
     events = json.loads(Path(engine.session.end_profiling()).read_text())
     runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
     decode_start = runs[1]["ts"]  # runs[0] is the first prefill (a warm-up with --prefill)
@@ -124,13 +139,10 @@ def profile_ort(engine, args) -> None:
             op[1] += 1
     total = sum(v[0] for v in per_op.values())
     run_us = sorted(e["dur"] for e in runs[1:])[len(runs[1:]) // 2]
-    unit = "prefill" if args.prefill else "step"
     print(f"ORT per {'prefill' if args.prefill else 'decode step'}: model_run median {run_us:.1f} "
           f"us, in nodes {total / args.steps:.1f} us (the rest is the session's own overhead); "
-          f"nodes per {unit}: {sum(v[1] for v in per_op.values()) / args.steps:.0f}")
-    print(f"{'us/' + unit:>9} {'n/' + unit:>7} {'share':>6}  operator")
-    for name, (us, n) in sorted(per_op.items(), key=lambda kv: -kv[1][0])[: args.top]:
-        print(f"{us / args.steps:9.1f} {n / args.steps:7.1f} {100 * us / total:5.1f}%  {name}")
+          f"nodes per {_unit(args)}: {sum(v[1] for v in per_op.values()) / args.steps:.0f}")
+    _print_ranking(per_op, args, "operator")
 
 
 if __name__ == "__main__":
