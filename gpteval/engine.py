@@ -170,10 +170,13 @@ class TorchEngine(Engine):
         return self.model(ids.to(self.device)).float()
 
     def nbytes(self) -> int:
-        return module_nbytes(self.model)
+        # oneDNN-packed copies (CPU inference layout) are held on top of the dense weights
+        return module_nbytes(self.model) + self.model.packed_nbytes()
 
     def decode_nbytes(self) -> int:
-        return self.nbytes() - gathered_embedding_nbytes(self.model.transformer, self.model.lm_head)
+        # a step reads each projection once, from its packed copy or its dense weight
+        return (module_nbytes(self.model)
+                - gathered_embedding_nbytes(self.model.transformer, self.model.lm_head))
 
     def describe(self) -> dict:
         return {"backend": self.backend, "device": self.device,

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from .packed import PackedLinear, in_graph_capture, packing_unavailable
+
 
 @dataclass
 class GPTConfig:
@@ -84,10 +86,7 @@ def _split_k_parts(rows: int, k: int, device: torch.device) -> int:
     the plain matmul (inductor writes its own GEMV; ORT's quantizers look for MatMul)."""
     if device.type != "cpu" or rows > SPLIT_K_MAX_ROWS:
         return 1
-    # tracing checks first: dynamo cannot trace get_num_threads()
-    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
-        return 1
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
+    if in_graph_capture():  # before get_num_threads(), which dynamo cannot trace
         return 1
     parts = min(torch.get_num_threads(), 8)
     while parts > 1 and k % parts:
@@ -109,11 +108,27 @@ def rows_matmul(x2: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) ->
     return y if bias is None else y.add_(bias)
 
 
+def _projection(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+                packed: PackedLinear | None) -> torch.Tensor:
+    """`x @ w + bias` over the last dimension, w stored (in, out): on its oneDNN-packed
+    copy when there is one this call may use (CPU inference, see packed.py), else
+    rows_matmul."""
+    shape = x.shape[:-1] + (w.shape[1],)
+    x2 = x.reshape(-1, x.shape[-1])
+    # graph capture first: compile/export must not touch the opaque packed tensor
+    if not in_graph_capture() and packed is not None and packed.usable(w, x2):
+        return packed(x2, bias).view(shape)
+    return rows_matmul(x2, w, bias).view(shape)
+
+
 class Conv1D(nn.Module):
     """Affine map with the weight stored (in_features, out_features), as in GPT-2.
 
-    `y = x @ W + b`; addmm on the flattened input keeps the bias add fused.
+    `y = x @ W + b`; addmm on the flattened input keeps the bias add fused.  `packed`, set
+    by `GPT.pack_weights_()`, is the CPU inference copy of W (packed.py).
     """
+
+    packed: PackedLinear | None = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -131,8 +146,7 @@ class Conv1D(nn.Module):
         return self.weight.shape[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape[:-1] + (self.weight.shape[1],)
-        return rows_matmul(x.reshape(-1, x.shape[-1]), self.weight, self.bias).view(shape)
+        return _projection(x, self.weight, self.bias, self.packed)
 
     def extra_repr(self) -> str:
         return f"in_features={self.weight.shape[0]}, out_features={self.weight.shape[1]}"
@@ -144,6 +158,8 @@ class TransposedHead(nn.Module):
     GPT-2 small than `F.linear` over the tied (V, C) embedding, with bit-identical logits.
     It costs a second copy of the table (the embedding keeps its (V, C) rows to gather)."""
 
+    packed: PackedLinear | None = None
+
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.weight_t = nn.Parameter(weight.detach().t().contiguous(), requires_grad=False)
@@ -154,8 +170,7 @@ class TransposedHead(nn.Module):
         return self.weight_t.t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape[:-1] + (self.weight_t.shape[1],)
-        return rows_matmul(x.reshape(-1, x.shape[-1]), self.weight_t, None).view(shape)
+        return _projection(x, self.weight_t, None, self.packed)
 
 
 class KVCache(nn.Module):
@@ -268,6 +283,27 @@ class GPT(nn.Module):
         if isinstance(self.lm_head, nn.Linear):
             self.lm_head = TransposedHead(self.lm_head.weight)
         return self
+
+    def pack_weights_(self) -> tuple[int, str | None]:
+        """oneDNN-packed copies of every float32 projection weight for CPU inference
+        (packed.py); in place.  Returns (how many were packed, why none was: None when
+        there was no plain projection left to pack, e.g. all quantized).
+        The dense weights stay: training, passes and export use them."""
+        count, reason = 0, None
+        for m in self.modules():
+            if not isinstance(m, (Conv1D, TransposedHead)):
+                continue
+            w = m.weight if isinstance(m, Conv1D) else m.weight_t  # both stored (in, out)
+            reason = packing_unavailable(w)
+            if reason is None:
+                m.packed = PackedLinear(w)
+                count += 1
+        return count, (None if count else reason)  # reason None: nothing to pack
+
+    def packed_nbytes(self) -> int:
+        """Bytes held by the packed copies (on top of the dense weights)."""
+        return sum(m.packed.nbytes for m in self.modules()
+                   if isinstance(m, (Conv1D, TransposedHead)) and m.packed is not None)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

@@ -2,8 +2,9 @@
 
 Only `decode` is compiled, with static shapes (`dynamic=False`) and `fullgraph=True`, so a
 graph break is an error rather than a silent slowdown; prefill and the teacher-forced
-forward stay eager.  Inductor's freezing is switched on: weights become constants that
-it can fold and pre-pack, which is valid because inference never changes them.
+forward stay eager, on CPU with the oneDNN-packed weights `eager` has.  Inductor's
+freezing is switched on: weights become constants that it can fold and pre-pack, which is
+valid because inference never changes them.
 
 Compilation happens at the first call, so the pass runs a warm-up generation itself and
 the compile time lands in `optimize_s`.  The graph is specialised to the cache shape
@@ -18,7 +19,7 @@ import torch
 
 from gpteval.engine import Engine
 
-from .base import Pass, PassContext, PassError, require_torch_engine
+from .base import Pass, PassContext, PassError, pack_for_cpu, require_torch_engine
 
 MODES = ("default", "reduce-overhead", "max-autotune")
 WARMUP_PROMPT = 8
@@ -53,6 +54,9 @@ class Compile(Pass):
             raise PassError("compile cannot trace torch.ao's dynamic-quantized layers (what "
                             "int8-dynamic uses on CPU); use 'int8-weight-only+compile', or "
                             "int8-dynamic without compile")
+        # prefill stays eager: it gets the CPU inference layout eager has; packed before
+        # compiling, so the compiled step's guards see the modules as they will stay
+        pack_for_cpu(te, self.name)
         inductor_config.freezing = True  # this process only runs inference from here on
         compiled = torch.compile(te.model.decode, mode=self.mode, fullgraph=True,
                                  dynamic=False)

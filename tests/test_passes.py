@@ -176,24 +176,35 @@ def test_compile_refuses_torch_ao_layers_it_cannot_trace(tmp_path):
         pass_class("compile")().apply(engine, context(tmp_path))
 
 
-@pytest.mark.parametrize("variant,transposed", [
+@pytest.mark.parametrize("variant,dense_fp32", [
     ("prune-magnitude:0.5", True),      # dense fp32 with the tied head: gets eager's layout
     ("prune-structured:0.3", True),
-    ("int8-dynamic", False),            # quantized its own (untied) head
+    ("int8-dynamic", False),            # quantized its own (untied) head and projections
     ("bf16", False),                    # other dtypes keep theirs
 ])
-def test_dense_fp32_variants_get_the_inference_head_layout(variant, transposed, tmp_path):
-    """Every eager-mode fp32 variant decodes through the same lm_head layout as `eager`,
-    so a speed ratio against eager measures the pass, not a slower head."""
+def test_dense_fp32_variants_get_the_inference_layout(variant, dense_fp32, tmp_path):
+    """Every eager-mode fp32 variant decodes through the same layout as `eager` (lm_head
+    (in, out), oneDNN-packed projections on CPU), so a speed ratio against eager measures
+    the pass, not a slower layout; the logits stay within packing's rounding."""
     from gpteval.model import TransposedHead
+    from gpteval.packed import packing_unavailable
     from optimizers import run_pipeline
     from optimizers.base import inference_layout
 
     engine = run_pipeline(parse_pipeline(variant), TorchEngine(tiny_gpt(), "cpu"),
                           PassContext(workdir=tmp_path, trained=False))
-    # more rows than SPLIT_K_MAX_ROWS: plain matmuls, so the layout change is bit-exact
     ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(1))
     before = engine.forward(ids)
+    weights_mb = engine.nbytes()
     engine = inference_layout(engine)
-    assert isinstance(engine.model.lm_head, TransposedHead) is transposed
-    torch.testing.assert_close(engine.forward(ids), before, rtol=0, atol=0)
+    assert isinstance(engine.model.lm_head, TransposedHead) is dense_fp32
+    can_pack = packing_unavailable(torch.zeros(2, 2)) is None
+    packed = engine.model.packed_nbytes()
+    assert (packed > 0) is (dense_fp32 and can_pack)
+    if dense_fp32:
+        # the untied head adds its table, the packed copies their bytes: nbytes says so,
+        # while a decode step still reads each projection once
+        head_mb = engine.model.lm_head.weight_t.numel() * 4
+        assert engine.nbytes() == weights_mb + head_mb + packed
+        assert any("oneDNN-packed" in n for n in engine.notes) is can_pack
+    torch.testing.assert_close(engine.forward(ids), before, rtol=0, atol=1e-5)

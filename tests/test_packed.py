@@ -1,0 +1,115 @@
+"""oneDNN-packed projection weights (gpteval/packed.py): same map as the dense weights,
+used only where it is safe (inference, unchanged weights, no graph capture)."""
+
+import copy
+
+import pytest
+import torch
+
+from gpteval.model import GPT, preset_config
+from gpteval.packed import PackedLinear, packing_unavailable
+
+pytestmark = pytest.mark.skipif(packing_unavailable(torch.zeros(2, 2)) is not None,
+                                reason=f"{packing_unavailable(torch.zeros(2, 2))}")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts calls that ran on a packed copy."""
+    seen = {"n": 0}
+    real = PackedLinear.__call__
+
+    def counting(self, x2, bias):
+        seen["n"] += 1
+        return real(self, x2, bias)
+
+    monkeypatch.setattr(PackedLinear, "__call__", counting)
+    return seen
+
+
+def tiny() -> GPT:
+    torch.manual_seed(0)
+    model = GPT(preset_config("tiny")).eval()
+    model.transpose_lm_head_()
+    return model
+
+
+@pytest.mark.parametrize("batch,prompt", [(1, 1), (8, 1), (1, 128)])  # decode b1/b8, prefill
+def test_packed_projections_match_dense(batch, prompt, calls):
+    model = tiny()
+    ids = torch.randint(0, 256, (batch, prompt), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        dense = model(ids)
+        count, reason = model.pack_weights_()
+        assert (count, reason) == (4 * 4 + 1, None)  # 4 per block, and the lm_head
+        packed = model(ids)
+    assert calls["n"] == count  # every projection ran on its packed copy
+    torch.testing.assert_close(packed, dense, rtol=0, atol=1e-5)
+
+
+def test_packed_copy_is_not_used_once_its_weight_changes(calls):
+    """A pass that edits a weight in place (pruning) must not run a stale packed copy."""
+    model = tiny()
+    model.pack_weights_()
+    fc = model.transformer.h[0].mlp.c_fc
+    with torch.no_grad():
+        fc.weight.mul_(0.5)
+    x = torch.randn(1, 5, 256)
+    with torch.inference_mode():
+        y = fc(x)
+    assert calls["n"] == 0
+    torch.testing.assert_close(y, torch.addmm(fc.bias, x[0], fc.weight)[None], rtol=0, atol=1e-5)
+
+
+def test_training_through_a_packed_model_keeps_every_gradient():
+    """The packed op has no backward: with autograd recording, every projection takes the
+    dense path, so the loss reaches all weights (the head's (in, out) copy is frozen, so
+    the check there is that the gradient flows on to the blocks)."""
+    model = tiny()
+    model.pack_weights_()
+    model.train()
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(2))
+    _, loss = model(ids, ids)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values()), \
+        [n for n, g in grads.items() if g is None or g.abs().sum() == 0]
+
+
+def test_a_deep_copy_drops_the_packing_and_bytes_are_counted():
+    model = tiny()
+    model.pack_weights_()
+    per_block = sum(m.weight.numel() for m in model.transformer.h[0].modules()
+                    if hasattr(m, "packed") and m.packed is not None) * 4
+    head = model.lm_head.weight_t.numel() * 4
+    assert model.packed_nbytes() == 4 * per_block + head
+    clone = copy.deepcopy(model)  # opaque oneDNN tensors have no storage to copy
+    assert clone.packed_nbytes() == 0
+    ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        torch.testing.assert_close(clone(ids), model(ids), rtol=0, atol=1e-5)
+
+
+def test_only_plain_float32_cpu_weights_are_packed():
+    assert packing_unavailable(torch.zeros(2, 2, dtype=torch.bfloat16)) == \
+        "weights are torch.bfloat16, packing is for float32"
+    assert "not plain dense" in packing_unavailable(torch.zeros(4, 4).to_sparse())
+    model = tiny().to(torch.bfloat16)
+    assert model.pack_weights_() == (0, "weights are torch.bfloat16, packing is for float32")
+
+
+def test_compiled_decode_of_a_packed_model_matches_eager(calls):
+    """torch.compile traces the plain matmul (packing is invisible under capture); the
+    eager prefill beside it runs on the packed copies."""
+    model = tiny()
+    model.pack_weights_()
+    model.setup_cache(1, 16)
+    ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        logits = model.prefill(ids)[:, -1]
+        assert calls["n"] == 17
+        token = logits.argmax(-1, keepdim=True)
+        pos = torch.tensor([8])
+        eager = model.decode(token, pos)
+        compiled = torch.compile(model.decode, fullgraph=True, dynamic=False)(token, pos)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
