@@ -21,6 +21,20 @@ def test_matmul_throughput_is_positive():
     assert math.isfinite(gflops) and gflops > 0
 
 
+def test_matmul_ceiling_includes_the_packed_path_the_model_runs():
+    """On CPU the reference model multiplies through oneDNN-packed weights; the flops_pct
+    ceiling must be measured over that path too, or its prefill would read above 100 %."""
+    import torch
+
+    from gpteval.measure.ceilings import matmul_kernels_gflops
+    from gpteval.packed import packing_unavailable
+
+    kernels = matmul_kernels_gflops("cpu", n=256)
+    can_pack = packing_unavailable(torch.zeros(2, 2)) is None
+    assert set(kernels) == ({"torch", "onednn"} if can_pack else {"torch"})
+    assert all(math.isfinite(v) and v > 0 for v in kernels.values())
+
+
 def test_derived_rates():
     # 1e9 bytes of weights read every 10 ms: 100 steps/s * 1 GB = 100 GB/s
     assert decode_bandwidth_gbs(10**9, 10.0) == 100.0
