@@ -271,8 +271,8 @@ def park_refusal(device: str) -> str | None:
     if total and available is not None and available < PARK_MIN_AVAILABLE * total:
         return (f"only {available:.0f} of {total:.0f} MiB host memory free after this variant; "
                 "it was not kept loaded for later rounds")
-    if device == "cuda" and torch.cuda.is_available():
-        free, total_dev = torch.cuda.mem_get_info()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free, total_dev = torch.cuda.mem_get_info(torch.device(device))
         if free < PARK_MIN_AVAILABLE * total_dev:
             return (f"only {free / MB:.0f} of {total_dev / MB:.0f} MiB GPU memory free after this "
                     "variant; it was not kept loaded for later rounds")

@@ -74,6 +74,31 @@ def test_a_worker_is_not_parked_when_host_memory_runs_low(monkeypatch):
     assert worker.park_refusal("cpu") is None
 
 
+def test_a_cuda_worker_is_not_parked_when_gpu_memory_runs_low(monkeypatch):
+    """The GPU branch, checked without a GPU: torch.cuda's answers stand in."""
+    import torch
+
+    from gpteval import worker
+    from gpteval.measure import memory
+
+    gib = 2 ** 30
+    monkeypatch.setattr(memory, "host_memory_mb", lambda: (16000.0, 9000.0))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    asked = []
+
+    def mem_get_info(device=None):
+        asked.append(device)
+        return free[0], 80 * gib
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    free = [10 * gib]
+    assert "10240 of 81920 MiB GPU memory free" in worker.park_refusal("cuda:0")
+    assert asked == [torch.device("cuda:0")]
+    free = [40 * gib]
+    assert worker.park_refusal("cuda") is None
+    assert worker.park_refusal("cpu") is None and len(asked) == 2  # cpu never asks the GPU
+
+
 def test_rounds_must_be_between_1_and_20():
     from pydantic import ValidationError
 
