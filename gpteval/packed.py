@@ -12,9 +12,9 @@ faster and decode on par, so the layout is not a loss on AVX2-only machines.  Ro
 differs from addmm by ~1e-6 (another summation order).
 
 The packed copy serves inference only.  `PackedLinear.usable` sends a call back to the
-dense weight when autograd is recording (the packed op has no backward), while a graph is being
-captured (torch.compile, ONNX export, jit: they must see the plain matmul), and when the
-source weight was replaced or changed in place since packing (its storage pointer and
+dense weight when autograd is recording (the packed op has no backward), while a graph is
+being captured (torch.compile, ONNX export, jit: they must see the plain matmul), and when
+the source weight was replaced or changed in place since packing (its storage pointer and
 version counter), so a pass that edits weights never runs a stale copy.
 """
 

@@ -39,14 +39,14 @@ def main() -> None:
     from gpteval.measure.latency import measure_latency
     from gpteval.weights import load_model
     from optimizers import PassContext, parse_pipeline, run_pipeline
-    from optimizers.base import inference_layout
 
     loaded = load_model(args.model)
     max_len = args.prompt + args.steps + 1
     ctx = PassContext(device=args.device, workdir=Path(tempfile.mkdtemp()),
                       trained=loaded.trained, warmup_shape=(args.batch, max_len))
-    engine = run_pipeline(parse_pipeline(args.variant), TorchEngine(loaded.model, args.device), ctx)
-    engine = inference_layout(engine)  # as the worker measures it (oneDNN packing on CPU)
+    # in the inference layout the worker measures (oneDNN packing on CPU)
+    engine = run_pipeline(parse_pipeline(args.variant), TorchEngine(loaded.model, args.device),
+                          ctx, layout=True)
     lat = measure_latency(engine, args.batch, args.prompt, args.steps + 1, warmup=1,
                           min_repeats=3, min_time_s=0.5)
     nbytes = engine.decode_nbytes()

@@ -39,7 +39,7 @@ def engine(request, tmp_path_factory):
             pytest.skip(reason)
     loaded = _loaded()
     ctx = PassContext(device="cpu", workdir=tmp_path_factory.mktemp("bench"), trained=False)
-    eng = run_pipeline(passes, TorchEngine(loaded.model, "cpu"), ctx)
+    eng = run_pipeline(passes, TorchEngine(loaded.model, "cpu"), ctx, layout=True)
     eng.text_ids = torch.tensor(loaded.tokenizer.encode("The quick brown fox. " * 100))[:1024]
     return eng
 
