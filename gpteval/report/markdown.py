@@ -33,7 +33,8 @@ DEFINITIONS = (
     ("decode_step_ms", "wall time of one decode step; p50/p90/p99 of all steps."),
     ("peak RSS MB (peak_rss_mb)", "peak resident memory (VmHWM) of the variant's own process "
      "while it is measured (after loading and optimizing), MiB (2²⁰ bytes)."),
-    ("weights MB (weights_mb)", "bytes of the weights the engine holds in memory, with its "
+    ("weights MB (weights_mb)", "bytes of the weights the engine holds in memory (second "
+     "copies included: an untied lm_head, oneDNN-packed CPU weights), with its "
      "static KV cache buffers at the primary batch (PyTorch and ONNX Runtime engines alike; a "
      "dynamic cache that grows per step, as the hf peer's, is not counted), MiB (2²⁰ bytes); "
      "artifact_mb likewise for exported files."),
