@@ -12,7 +12,7 @@ import importlib
 
 from gpteval.errors import did_you_mean
 
-from .base import Pass, PassContext, PassError
+from .base import Pass, PassContext, PassError, inference_layout
 
 REGISTRY: dict[str, str] = {
     "eager": "optimizers.base:Eager",
@@ -113,8 +113,6 @@ def run_pipeline(passes: list[Pass], engine, ctx: PassContext, layout: bool = Fa
     """Apply the passes in order.  `layout=True` also gives the result the inference layout
     the harness measures every variant in (base.inference_layout): what tools and
     benchmarks want, so they time what `gpteval run` times."""
-    from .base import inference_layout
-
     for p in passes:
         engine = p.apply(engine, ctx)
     return inference_layout(engine) if layout else engine
