@@ -9,7 +9,8 @@ and over all 48 block matrices in DRAM (340 MB) at M = 1 / 8 rows (decode, batch
   rows_matmul (split-K bmm) 29 / 14 GB/s  ->  oneDNN packed 38.6 / 33 GB/s.
 With oneDNN held to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) the prefill matmuls were still 22 %
 faster and decode on par, so the layout is not a loss on AVX2-only machines.  Rounding
-differs from addmm by ~1e-6 (another summation order).
+differs from addmm by ~1e-6 per product (another summation order), ~5e-6 in GPT-2's
+logits.
 
 The packed copy serves inference only.  `PackedLinear.usable` sends a call back to the
 dense weight when autograd is recording (the packed op has no backward), while a graph is
