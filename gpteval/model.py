@@ -290,10 +290,7 @@ class GPT(nn.Module):
         there was no plain projection left to pack, e.g. all quantized).
         The dense weights stay: training, passes and export use them."""
         count, reason = 0, None
-        for m in self.modules():
-            if not isinstance(m, (Conv1D, TransposedHead)):
-                continue
-            w = m.weight if isinstance(m, Conv1D) else m.weight_t  # both stored (in, out)
+        for m, w in self._projections():
             reason = packing_unavailable(w)
             if reason is None:
                 m.packed = PackedLinear(w)
@@ -302,8 +299,15 @@ class GPT(nn.Module):
 
     def packed_nbytes(self) -> int:
         """Bytes held by the packed copies (on top of the dense weights)."""
-        return sum(m.packed.nbytes for m in self.modules()
-                   if isinstance(m, (Conv1D, TransposedHead)) and m.packed is not None)
+        return sum(m.packed.nbytes for m, _ in self._projections() if m.packed is not None)
+
+    def _projections(self):
+        """(module, weight stored (in, out)) of every projection that can hold a packed copy."""
+        for m in self.modules():
+            if isinstance(m, Conv1D):
+                yield m, m.weight
+            elif isinstance(m, TransposedHead):
+                yield m, m.weight_t
 
     def num_params(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

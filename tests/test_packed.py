@@ -9,8 +9,8 @@ import torch
 from gpteval.model import GPT, preset_config
 from gpteval.packed import PackedLinear, packing_unavailable
 
-pytestmark = pytest.mark.skipif(packing_unavailable(torch.zeros(2, 2)) is not None,
-                                reason=f"{packing_unavailable(torch.zeros(2, 2))}")
+CANNOT_PACK = packing_unavailable(torch.zeros(2, 2))  # None where this torch build can
+pytestmark = pytest.mark.skipif(CANNOT_PACK is not None, reason=f"{CANNOT_PACK}")
 
 
 @pytest.fixture
