@@ -170,7 +170,8 @@ class TorchEngine(Engine):
         return self.model(ids.to(self.device)).float()
 
     def nbytes(self) -> int:
-        # oneDNN-packed copies (CPU inference layout) are held on top of the dense weights
+        # oneDNN-packed copies (CPU inference layout) held on top of dense weights; one whose
+        # dense weight was dropped is counted as that weight (same bytes, held instead)
         return module_nbytes(self.model) + self.model.packed_nbytes()
 
     def decode_nbytes(self) -> int:

@@ -21,7 +21,13 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from .packed import PackedLinear, in_graph_capture, packing_unavailable
+from .packed import (
+    PackedLinear,
+    dense_stand_in,
+    in_graph_capture,
+    is_stand_in,
+    packing_unavailable,
+)
 
 
 @dataclass
@@ -116,8 +122,13 @@ def _projection(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
     shape = x.shape[:-1] + (w.shape[1],)
     x2 = x.reshape(-1, x.shape[-1])
     # graph capture first: compile/export must not touch the opaque packed tensor
-    if not in_graph_capture() and packed is not None and packed.usable(w, x2):
-        return packed(x2, bias).view(shape)
+    if packed is not None:
+        if not in_graph_capture() and packed.usable(w, x2):
+            return packed(x2, bias).view(shape)
+        if packed.dense_dropped and is_stand_in(w):
+            raise RuntimeError("this projection's weight is held only oneDNN-packed, for "
+                               "inference (autograd, compile and export need the dense "
+                               "weight); call model.unpack_weights_() first")
     return rows_matmul(x2, w, bias).view(shape)
 
 
@@ -284,22 +295,41 @@ class GPT(nn.Module):
             self.lm_head = TransposedHead(self.lm_head.weight)
         return self
 
-    def pack_weights_(self) -> tuple[int, str | None]:
+    def pack_weights_(self, drop_dense: bool = False) -> tuple[int, str | None]:
         """oneDNN-packed copies of every float32 projection weight for CPU inference
         (packed.py); in place.  Returns (how many were packed, why none was: None when
         there was no plain projection left to pack, e.g. all quantized).
-        The dense weights stay: training, passes and export use them."""
+        The dense weights stay (training, passes, compile and export use them) unless
+        `drop_dense`: then each becomes a storage-less NaN stand-in and the packed copy is
+        the only one, for a model that will only run eager inference from here on
+        (`unpack_weights_` brings the dense weights back)."""
         count, reason = 0, None
         for m, w in self._projections():
             reason = packing_unavailable(w)
             if reason is None:
                 m.packed = PackedLinear(w)
+                if drop_dense:
+                    w.data = dense_stand_in(w)
+                    m.packed.bind(w, dense_dropped=True)
                 count += 1
         return count, (None if count else reason)  # reason None: nothing to pack
 
+    def unpack_weights_(self) -> int:
+        """Recover the exact dense weights that `pack_weights_(drop_dense=True)` dropped,
+        from their packed copies (which stay); in place.  Returns how many."""
+        count = 0
+        for m, w in self._projections():
+            if m.packed is not None and m.packed.dense_dropped:
+                w.data = m.packed.unpack()
+                m.packed.bind(w, dense_dropped=False)
+                count += 1
+        return count
+
     def packed_nbytes(self) -> int:
-        """Bytes held by the packed copies (on top of the dense weights)."""
-        return sum(m.packed.nbytes for m, _ in self._projections() if m.packed is not None)
+        """Bytes the packed copies hold on top of the dense weights (a packed copy whose
+        dense weight was dropped holds the same bytes instead of it, counted there)."""
+        return sum(m.packed.nbytes for m, _ in self._projections()
+                   if m.packed is not None and not m.packed.dense_dropped)
 
     def _projections(self):
         """(module, weight stored (in, out)) of every projection that can hold a packed copy."""

@@ -17,6 +17,13 @@ dense weight when autograd is recording (the packed op has no backward), while a
 being captured (torch.compile, ONNX export, jit: they must see the plain matmul), and when
 the source weight was replaced or changed in place since packing (its storage pointer and
 version counter), so a pass that edits weights never runs a stale copy.
+
+Measured engines need no dense copy (`GPT.pack_weights_(drop_dense=True)`): the dense
+weight is then swapped for a storage-less NaN stand-in of its shape, so the packed copy
+is held *instead of* it, not beside it (GPT-2 small: 471 MB saved), and any path that
+would still read the dense weight fails loudly (an error where we can see it coming, NaN
+logits elsewhere) rather than computing with garbage.  `unpack()` recovers the exact
+weight (a product with the identity: every term but one is an exact zero).
 """
 
 from __future__ import annotations
@@ -66,22 +73,52 @@ def _dropped() -> None:
     return None
 
 
+def dense_stand_in(like: torch.Tensor) -> torch.Tensor:
+    """A tensor of `like`'s shape and dtype backed by one NaN: what a dropped dense weight
+    becomes.  Reads give NaN; in-place writes fail (every element shares one location)."""
+    return torch.full((), float("nan"), dtype=like.dtype, device=like.device).expand(like.shape)
+
+
+def is_stand_in(t: torch.Tensor) -> bool:
+    """Whether `t` looks like a `dense_stand_in` (every stride 0); asks no data pointer, so
+    it also answers for the fake tensors a graph capture traces with."""
+    return t.dim() > 0 and all(s == 0 for s in t.stride())
+
+
 class PackedLinear:
     """A oneDNN-blocked copy of one projection weight, for `y = x @ W + b` with W stored
     (in, out) as the reference model keeps it.  A deep copy or pickle of a module drops it
     (None): the copy's weights are new tensors, and opaque oneDNN tensors have no storage
-    to copy; pack the copy again."""
+    to copy; pack the copy again.  Once its dense weight is dropped it refuses to be copied:
+    the copy would be left with only the NaN stand-in."""
+
+    dense_dropped = False
 
     def __init__(self, weight_in_out: torch.Tensor) -> None:
         w = weight_in_out.detach()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), ROWS_HINT)
         self.nbytes = w.numel() * w.element_size()
+        self.shape = tuple(w.shape)  # (in, out)
         self.dtype = w.dtype
-        self._ptr = w.data_ptr()
-        self._version = _version(weight_in_out)
+        self.bind(weight_in_out, dense_dropped=False)
 
     def __reduce__(self):
+        if self.dense_dropped:
+            raise TypeError("this model holds some weights only in their oneDNN-packed "
+                            "copies; call model.unpack_weights_() before copying or saving it")
         return (_dropped, ())
+
+    def bind(self, weight_in_out: torch.Tensor, dense_dropped: bool) -> None:
+        """Make `weight_in_out` (the stand-in or the recovered weight) the one `usable`
+        checks against, and record whether the dense weight is gone."""
+        self._ptr = weight_in_out.data_ptr()
+        self._version = _version(weight_in_out)
+        self.dense_dropped = dense_dropped
+
+    def unpack(self) -> torch.Tensor:
+        """The exact (in, out) weight, from the packed copy: I @ W."""
+        with torch.inference_mode(False), torch.no_grad():
+            return self(torch.eye(self.shape[0], dtype=self.dtype), None)
 
     def usable(self, weight_in_out: torch.Tensor, x2: torch.Tensor) -> bool:
         """Whether this call may run on the packed copy (see the module docstring)."""

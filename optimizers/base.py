@@ -146,17 +146,20 @@ HEAD_LAYOUT_NOTE = ("lm_head stored (in, out), untied from the embedding, so dec
                     "streams rows (same logits, one more copy of the table)")
 
 
-def pack_for_cpu(te: TorchEngine, who: str) -> None:
+def pack_for_cpu(te: TorchEngine, who: str, drop_dense: bool) -> None:
     """Give a CPU TorchEngine's float32 projections their oneDNN-packed copies (the
-    reference model's CPU inference layout, gpteval/packed.py) and say so in its notes."""
+    reference model's CPU inference layout, gpteval/packed.py) and say so in its notes.
+    `drop_dense`: the packed copies replace the dense weights (eager inference only);
+    otherwise they are held beside them."""
     if not te.device.startswith("cpu") or te.dtype != torch.float32:
         return
-    count, reason = te.model.pack_weights_()
+    count, reason = te.model.pack_weights_(drop_dense=drop_dense)
     if count:
-        te.notes.append(f"{who}: {count} projection weights also held oneDNN-packed for CPU "
-                        f"inference (+{te.model.packed_nbytes() / 2**20:.0f} MB; oneDNN's "
-                        "AVX-512/AVX2 kernels instead of MKL's; logits move by rounding "
-                        "only, ~5e-6 on GPT-2)")
+        held = ("in place of the dense weights" if drop_dense else
+                f"beside the dense weights, +{te.model.packed_nbytes() / 2**20:.0f} MB")
+        te.notes.append(f"{who}: {count} projection weights held oneDNN-packed for CPU "
+                        f"inference ({held}; oneDNN's AVX-512/AVX2 kernels instead of MKL's; "
+                        "logits move by rounding only, ~5e-6 on GPT-2)")
     elif reason:
         te.notes.append(f"{who}: weights not oneDNN-packed ({reason})")
 
@@ -165,9 +168,11 @@ def inference_layout(engine: Engine) -> Engine:
     """After a variant's passes: the inference layout `eager` is measured with, for every
     eager-mode TorchEngine, so a speed ratio against eager measures the pass, not a slower
     layout.  A still-tied float32 nn.Linear lm_head is stored (in, out) (TransposedHead);
-    on CPU the float32 projections get oneDNN-packed copies.  Passes that replaced or
+    on CPU the float32 projections are held oneDNN-packed instead of dense (an engine
+    that only runs eager inference needs no second copy).  Passes that replaced or
     quantized layers keep what they made (only plain float32 weights are packed); compiled
-    engines are left as they are (Compile packs before it compiles)."""
+    engines are left as they are (Compile packs before it compiles, keeping the dense
+    weights its graph reads)."""
     import torch.nn as nn
 
     if not isinstance(engine, TorchEngine) or engine.backend != "torch":
@@ -177,7 +182,7 @@ def inference_layout(engine: Engine) -> Engine:
             and head.weight.dtype == torch.float32 and head.weight.layout == torch.strided):
         engine.model.transpose_lm_head_()
         engine.notes.append(f"layout: {HEAD_LAYOUT_NOTE}")
-    pack_for_cpu(engine, "layout")
+    pack_for_cpu(engine, "layout", drop_dense=True)
     return engine
 
 

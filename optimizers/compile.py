@@ -56,7 +56,7 @@ class Compile(Pass):
                             "int8-dynamic without compile")
         # prefill stays eager: it gets the CPU inference layout eager has; packed before
         # compiling, so the compiled step's guards see the modules as they will stay
-        pack_for_cpu(te, self.name)
+        pack_for_cpu(te, self.name, drop_dense=False)
         inductor_config.freezing = True  # this process only runs inference from here on
         compiled = torch.compile(te.model.decode, mode=self.mode, fullgraph=True,
                                  dynamic=False)

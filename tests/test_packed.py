@@ -113,3 +113,42 @@ def test_compiled_decode_of_a_packed_model_matches_eager(calls):
         eager = model.decode(token, pos)
         compiled = torch.compile(model.decode, fullgraph=True, dynamic=False)(token, pos)
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
+
+
+def test_dropping_the_dense_weights_frees_them_and_keeps_the_logits(calls):
+    """An inference-only model holds its projections packed *instead of* dense: the
+    weights' storage is gone, the bytes are counted once, the logits are unchanged."""
+    model = tiny()
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(5))
+    dense = [w.detach().clone() for _, w in model._projections()]
+    with torch.inference_mode():
+        before = model(ids)
+        count, _ = model.pack_weights_(drop_dense=True)
+        after = model(ids)
+    assert calls["n"] == count == len(dense)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+    for _, w in model._projections():
+        assert w.untyped_storage().nbytes() == 4  # one NaN stands in for the matrix
+    assert model.packed_nbytes() == 0  # held instead of the dense weights, not beside them
+    # the exact weights come back from the packed copies
+    assert model.unpack_weights_() == count
+    for (_, w), original in zip(model._projections(), dense):
+        assert torch.equal(w, original)
+    assert model.packed_nbytes() == sum(w.numel() * 4 for w in dense)
+
+
+def test_a_model_without_dense_weights_refuses_what_needs_them():
+    model = tiny()
+    model.pack_weights_(drop_dense=True)
+    ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(6))
+    with pytest.raises(RuntimeError, match="unpack_weights_"):
+        model(ids, ids)  # autograd recording: the packed op has no backward
+    with pytest.raises(TypeError, match="unpack_weights_"):
+        copy.deepcopy(model)
+    fc = model.transformer.h[0].mlp.c_fc
+    with pytest.raises(RuntimeError), torch.no_grad():
+        fc.weight.mul_(2)  # the stand-in takes no in-place edit
+    # a weight replaced after packing is used as given (the stale-copy rule)
+    fc.weight = torch.nn.Parameter(torch.zeros(fc.weight.shape))
+    with torch.inference_mode():
+        assert torch.equal(fc(torch.ones(1, 1, 256)), fc.bias.expand(1, 1, -1))

@@ -199,12 +199,13 @@ def test_dense_fp32_variants_get_the_inference_layout(variant, dense_fp32, tmp_p
     engine = inference_layout(engine)
     assert isinstance(engine.model.lm_head, TransposedHead) is dense_fp32
     can_pack = packing_unavailable(torch.zeros(2, 2)) is None
-    packed = engine.model.packed_nbytes()
-    assert (packed > 0) is (dense_fp32 and can_pack)
+    packed = [m.packed for m, _ in engine.model._projections() if m.packed is not None]
+    assert bool(packed) is (dense_fp32 and can_pack)
+    # held instead of the dense weights: nothing on top of them
+    assert all(p.dense_dropped for p in packed) and engine.model.packed_nbytes() == 0
     if dense_fp32:
-        # the untied head adds its table, the packed copies their bytes: nbytes says so,
-        # while a decode step still reads each projection once
+        # the untied head adds its table; the packed copies take the dense weights' place
         head_mb = engine.model.lm_head.weight_t.numel() * 4
-        assert engine.nbytes() == weights_mb + head_mb + packed
+        assert engine.nbytes() == weights_mb + head_mb
         assert any("oneDNN-packed" in n for n in engine.notes) is can_pack
     torch.testing.assert_close(engine.forward(ids), before, rtol=0, atol=1e-5)

@@ -34,7 +34,8 @@ DEFINITIONS = (
     ("peak RSS MB (peak_rss_mb)", "peak resident memory (VmHWM) of the variant's own process "
      "while it is measured (after loading and optimizing), MiB (2²⁰ bytes)."),
     ("weights MB (weights_mb)", "bytes of the weights the engine holds in memory (second "
-     "copies included: an untied lm_head, oneDNN-packed CPU weights), with its "
+     "copies included: an untied lm_head, and the oneDNN-packed CPU weights compile keeps "
+     "beside the dense ones its graph reads; eager-mode variants hold them instead), with its "
      "static KV cache buffers at the primary batch (PyTorch and ONNX Runtime engines alike; a "
      "dynamic cache that grows per step, as the hf peer's, is not counted), MiB (2²⁰ bytes); "
      "artifact_mb likewise for exported files."),
