@@ -31,6 +31,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gpteval.env import same_cpu
 from gpteval.errors import UserError, did_you_mean
 from gpteval.measure import host
 from gpteval.report import fmt
@@ -397,7 +398,7 @@ def compare(baseline: dict, current: dict, gates: Gates | None = None) -> Compar
                      "not compared.")
     if not gates.absolute:
         notes.append("Absolute speed was not compared (absolute = false): only ratios inside each run.")
-    elif (baseline.get("env") or {}).get("cpu") != (current.get("env") or {}).get("cpu"):
+    elif not same_cpu(baseline.get("env"), current.get("env")):
         notes.append("The runs come from different CPUs; absolute speed differences may be the machine's. "
                      "For cross-machine CI set absolute = false and gate on [[ratio]].")
     for which, run in (("baseline", baseline), ("current", current)):

@@ -14,14 +14,56 @@ PACKAGES = ("gpteval", "torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu
             "torchao", "torch-tensorrt", "transformers", "tokenizers", "safetensors")
 
 
-def _cpu_model() -> str:
+# SIMD extensions that decide which kernels the libraries pick (oneDNN, MKL, MLAS, inductor)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+def cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                break  # end of the first processor's block
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def _cpu_model(info: dict[str, str]) -> str:
+    return info.get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_identity(info: dict[str, str]) -> dict[str, str | None]:
+    """What tells two CPUs apart where the model name does not: a VM may report just
+    "AMD EPYC" for both a Zen 4 (family 25) and a Zen 5 (family 26) host, and their AVX-512
+    matmul rates measured 2x apart here (207 vs 406 GFLOP/s on 2 cores).
+    cpu_id: vendor, family, model, stepping; cpu_isa: the ISA_FLAGS present, and the kernel
+    level torch dispatches to."""
+    cpu_id = None
+    if info.get("cpu family"):
+        cpu_id = (f"{info.get('vendor_id', '?')} family {info['cpu family']} "
+                  f"model {info.get('model', '?')} stepping {info.get('stepping', '?')}")
+    flags = set(info.get("flags", "").split())
+    isa = [f for f in ISA_FLAGS if f in flags]
+    try:
+        import torch
+
+        isa.append(f"(torch kernels: {torch.backends.cpu.get_cpu_capability()})")
+    except (ImportError, AttributeError):
+        pass
+    return {"cpu_id": cpu_id, "cpu_isa": " ".join(isa) or None}
+
+
+def same_cpu(a: dict | None, b: dict | None) -> bool:
+    """Whether two runs' env blocks name the same CPU: same model name, and the same
+    family/model/stepping where both recorded it (runs from before cpu_id compare by name)."""
+    a, b = a or {}, b or {}
+    if a.get("cpu") != b.get("cpu"):
+        return False
+    return a.get("cpu_id") is None or b.get("cpu_id") is None or a["cpu_id"] == b["cpu_id"]
 
 
 def _ram_gb() -> float | None:
@@ -84,8 +126,10 @@ def gpu_info() -> list[dict] | None:
 def fingerprint(threads: int = 0) -> dict:
     import torch
 
+    info = cpuinfo()
     return {
-        "cpu": _cpu_model(),
+        "cpu": _cpu_model(info),
+        **cpu_identity(info),
         "cores": os.cpu_count(),
         "threads": threads or torch.get_num_threads(),
         "ram_gb": _ram_gb(),

@@ -98,6 +98,18 @@ def test_ratio_gates_hold_when_the_whole_machine_is_twice_slower(baseline):
     assert absolute.exit_code == 1 and "different CPUs" in absolute.render_markdown()
 
 
+def test_same_cpu_name_but_another_generation_is_a_different_cpu(baseline):
+    """VMs may name a Zen 4 and a Zen 5 host alike ("AMD EPYC"); family/model tell them apart."""
+    same = make_results(1)
+    for run, family in ((baseline, 25), (same, 25)):
+        run["env"].update(cpu="AMD EPYC", cpu_id=f"AuthenticAMD family {family} model 17 stepping 1")
+    assert "different CPUs" not in compare(baseline, same).render_markdown()
+    same["env"]["cpu_id"] = "AuthenticAMD family 26 model 2 stepping 0"
+    assert "different CPUs" in compare(baseline, same).render_markdown()
+    del baseline["env"]["cpu_id"]  # a baseline from before cpu_id: compared by name only
+    assert "different CPUs" not in compare(baseline, same).render_markdown()
+
+
 def test_speedup_tolerance_flags_a_collapsed_speedup(baseline):
     result = compare(baseline, make_results(1, slow={"int8-dynamic": 1.6}),
                      Gates(absolute=False, speedup_tolerance_pct=25))

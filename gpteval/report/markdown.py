@@ -226,9 +226,14 @@ def batch_section(rows: list[dict], entries: list[dict]) -> list[str]:
     return out + ([""] if out[-1] else [])
 
 
+# the environment block's first rows, in this order (other keys follow the ceilings)
+ENV_ROWS = ("cpu", "cpu_id", "cpu_isa", "cores", "threads", "ram_gb", "os", "python",
+            "git_commit")
+
+
 def _environment(env: dict) -> str:
     rows = []
-    for k in ("cpu", "cores", "threads", "ram_gb", "os", "python", "git_commit"):
+    for k in ENV_ROWS:
         if env.get(k) is not None:
             rows.append([k, str(env[k])])
     packages = env.get("packages") or {}
@@ -243,8 +248,7 @@ def _environment(env: dict) -> str:
         if isinstance(ceil, dict):
             rows.append([f"ceilings ({device})", ", ".join(
                 f"{k} {fmt.num(v, 1) if isinstance(v, (int, float)) else v}" for k, v in ceil.items())])
-    known = {"cpu", "cores", "threads", "ram_gb", "os", "python", "git_commit", "packages", "gpu",
-             "ceilings", "ceilings_measured"}
+    known = {*ENV_ROWS, "packages", "gpu", "ceilings", "ceilings_measured"}
     for k, v in env.items():
         if k not in known and v is not None:
             rows.append([k, str(v)])
