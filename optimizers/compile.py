@@ -19,6 +19,8 @@ import torch
 
 from gpteval.engine import Engine
 
+from gpteval.measure.memory import rss_mb
+
 from .base import Pass, PassContext, PassError, pack_for_cpu, require_torch_engine
 
 MODES = ("default", "reduce-overhead", "max-autotune")
@@ -69,12 +71,21 @@ class Compile(Pass):
             te.decode_fn = compiled
         te.backend = "compiled"
         batch, max_len = warmup_shape(ctx, te.max_positions)
+        rss_before = rss_mb()
         start = time.perf_counter()
         warm_up(te, batch, max_len)
         seconds = time.perf_counter() - start
         te.notes.append(f"compile: torch.compile(decode, mode='{self.mode}', fullgraph=True, "
                         f"dynamic=False), inductor freezing on; compiled for batch {batch} x "
                         f"cache {max_len} in {seconds:.1f} s (another shape compiles again)")
+        rss_after = rss_mb()
+        if te.device.startswith("cpu") and rss_before is not None and rss_after is not None:
+            # freezing folds the weights into the compiled graph as its own constants (laid
+            # out for its kernels): memory that weights MB cannot see, peak RSS does
+            te.notes.append(f"compile: resident memory grew by {rss_after - rss_before:.0f} MB "
+                            "while compiling and warming up (inductor's frozen weight "
+                            "constants, generated code and what compiling left allocated; "
+                            "not in weights MB, in peak RSS)")
         return te
 
 

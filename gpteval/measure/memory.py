@@ -51,6 +51,12 @@ def _vm_hwm_kib() -> int | None:
     return _proc_kib("/proc/self/status", "VmHWM")
 
 
+def rss_mb() -> float | None:
+    """Resident set size of this process now (VmRSS), MiB; None where /proc is absent."""
+    kib = _proc_kib("/proc/self/status", "VmRSS")
+    return kib / 1024.0 if kib is not None else None
+
+
 def host_memory_mb() -> tuple[float | None, float | None]:
     """(total, available) host memory in MiB from /proc/meminfo; (None, None) elsewhere.
     Available is the kernel's estimate of what can be allocated without swapping."""
