@@ -305,10 +305,14 @@ class GPT(nn.Module):
         (`unpack_weights_` brings the dense weights back)."""
         count, reason = 0, None
         for m, w in self._projections():
-            reason = packing_unavailable(w)
+            if m.packed is not None and m.packed.current(w):
+                reason = None  # packed before, weight unchanged since: keep that copy
+            else:
+                reason = packing_unavailable(w)
+                if reason is None:
+                    m.packed = PackedLinear(w)
             if reason is None:
-                m.packed = PackedLinear(w)
-                if drop_dense:
+                if drop_dense and not m.packed.dense_dropped:
                     w.data = dense_stand_in(w)
                     m.packed.bind(w, dense_dropped=True)
                 count += 1

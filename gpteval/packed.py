@@ -59,6 +59,8 @@ def packing_unavailable(weight: torch.Tensor) -> str | None:
         return f"weights are {weight.dtype}, packing is for float32"
     if weight.layout != torch.strided or type(weight) not in (torch.Tensor, torch.nn.Parameter):
         return "weights are not plain dense tensors (quantized or sparse)"
+    if is_stand_in(weight):
+        return "the dense weights were dropped after an earlier packing"
     return None
 
 
@@ -120,13 +122,16 @@ class PackedLinear:
         with torch.inference_mode(False), torch.no_grad():
             return self(torch.eye(self.shape[0], dtype=self.dtype), None)
 
+    def current(self, weight_in_out: torch.Tensor) -> bool:
+        """Whether `weight_in_out` is still the tensor this copy was bound to, unchanged."""
+        return (weight_in_out.data_ptr() == self._ptr
+                and _version(weight_in_out) == self._version)
+
     def usable(self, weight_in_out: torch.Tensor, x2: torch.Tensor) -> bool:
         """Whether this call may run on the packed copy (see the module docstring)."""
         if torch.is_grad_enabled() and (weight_in_out.requires_grad or x2.requires_grad):
             return False  # the packed op has no autograd: it would cut the graph here
-        return (x2.device.type == "cpu" and x2.dtype == self.dtype
-                and weight_in_out.data_ptr() == self._ptr
-                and _version(weight_in_out) == self._version)
+        return x2.device.type == "cpu" and x2.dtype == self.dtype and self.current(weight_in_out)
 
     def __call__(self, x2: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x2, self.packed, bias, "none", [], "")

@@ -18,7 +18,6 @@ import time
 import torch
 
 from gpteval.engine import Engine
-
 from gpteval.measure.memory import rss_mb
 
 from .base import Pass, PassContext, PassError, pack_for_cpu, require_torch_engine

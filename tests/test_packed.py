@@ -130,6 +130,11 @@ def test_dropping_the_dense_weights_frees_them_and_keeps_the_logits(calls):
     for _, w in model._projections():
         assert w.untyped_storage().nbytes() == 4  # one NaN stands in for the matrix
     assert model.packed_nbytes() == 0  # held instead of the dense weights, not beside them
+    # packing again (a second inference_layout) keeps the copies: the stand-ins are no weights
+    with torch.inference_mode():
+        assert model.pack_weights_(drop_dense=True) == (count, None)
+        torch.testing.assert_close(model(ids), before, rtol=0, atol=1e-5)
+    assert "dropped" in packing_unavailable(model.transformer.h[0].mlp.c_fc.weight)
     # the exact weights come back from the packed copies
     assert model.unpack_weights_() == count
     for (_, w), original in zip(model._projections(), dense):
