@@ -305,17 +305,16 @@ class GPT(nn.Module):
         (`unpack_weights_` brings the dense weights back)."""
         count, reason = 0, None
         for m, w in self._projections():
-            if m.packed is not None and m.packed.current(w):
-                reason = None  # packed before, weight unchanged since: keep that copy
-            else:
+            # a copy packed before from this weight, unchanged since, is kept as it is
+            if m.packed is None or not m.packed.current(w):
                 reason = packing_unavailable(w)
-                if reason is None:
-                    m.packed = PackedLinear(w)
-            if reason is None:
-                if drop_dense and not m.packed.dense_dropped:
-                    w.data = dense_stand_in(w)
-                    m.packed.bind(w, dense_dropped=True)
-                count += 1
+                if reason is not None:
+                    continue
+                m.packed = PackedLinear(w)
+            if drop_dense and not m.packed.dense_dropped:
+                w.data = dense_stand_in(w)
+                m.packed.bind(w, dense_dropped=True)
+            count += 1
         return count, (None if count else reason)  # reason None: nothing to pack
 
     def unpack_weights_(self) -> int:

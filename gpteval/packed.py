@@ -28,6 +28,8 @@ weight (a product with the identity: every term but one is an exact zero).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # Row count oneDNN picks the blocked layout for.  Measured (GPT-2 small, 2 threads): a
@@ -99,10 +101,14 @@ class PackedLinear:
     def __init__(self, weight_in_out: torch.Tensor) -> None:
         w = weight_in_out.detach()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), ROWS_HINT)
-        self.nbytes = w.numel() * w.element_size()
         self.shape = tuple(w.shape)  # (in, out)
         self.dtype = w.dtype
         self.bind(weight_in_out, dense_dropped=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the weight this copy holds (the same as its dense form)."""
+        return math.prod(self.shape) * self.dtype.itemsize
 
     def __reduce__(self):
         if self.dense_dropped:
