@@ -184,6 +184,23 @@ class TransposedHead(nn.Module):
         return _projection(x, self.weight_t, None, self.packed)
 
 
+class LinearHead(nn.Module):
+    """The output projection stored (V, C) as nn.Linear stores it, tied weight and all, with
+    room for a packed copy: what a compiled model keeps on the CPU.  Its compiled decode
+    reads the weight as it is (inductor lays out its own frozen copy), while the eager
+    prefill's last-position product runs on the oneDNN-packed copy, without the transposed
+    dense copy TransposedHead would add.  State-dict keys are nn.Linear's."""
+
+    packed: PackedLinear | None = None
+
+    def __init__(self, weight: nn.Parameter) -> None:
+        super().__init__()
+        self.weight = weight  # the same Parameter: a tied embedding stays tied
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _projection(x, self.weight.t(), None, self.packed)
+
+
 class KVCache(nn.Module):
     """Static-shape key/value cache: (B, nh, max_len, hs) per layer, written in place."""
 
@@ -295,6 +312,13 @@ class GPT(nn.Module):
             self.lm_head = TransposedHead(self.lm_head.weight)
         return self
 
+    def packable_lm_head_(self) -> "GPT":
+        """A bias-free nn.Linear lm_head becomes a LinearHead: same weight, same layout,
+        and `pack_weights_` can give it a packed copy; in place."""
+        if type(self.lm_head) is nn.Linear and self.lm_head.bias is None:
+            self.lm_head = LinearHead(self.lm_head.weight)
+        return self
+
     def pack_weights_(self, drop_dense: bool = False) -> tuple[int, str | None]:
         """oneDNN-packed copies of every float32 projection weight for CPU inference
         (packed.py); in place.  Returns (how many were packed, why none was: None when
@@ -311,7 +335,8 @@ class GPT(nn.Module):
                 if reason is not None:
                     continue
                 m.packed = PackedLinear(w)
-            if drop_dense and not m.packed.dense_dropped:
+            # a LinearHead's weight is (often) the embedding's too: never dropped
+            if drop_dense and not m.packed.dense_dropped and not isinstance(m, LinearHead):
                 w.data = dense_stand_in(w)
                 m.packed.bind(w, dense_dropped=True)
             count += 1
@@ -341,6 +366,8 @@ class GPT(nn.Module):
                 yield m, m.weight
             elif isinstance(m, TransposedHead):
                 yield m, m.weight_t
+            elif isinstance(m, LinearHead):
+                yield m, m.weight.t()
 
     def num_params(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

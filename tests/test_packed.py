@@ -157,3 +157,26 @@ def test_a_model_without_dense_weights_refuses_what_needs_them():
     fc.weight = torch.nn.Parameter(torch.zeros(fc.weight.shape))
     with torch.inference_mode():
         assert torch.equal(fc(torch.ones(1, 1, 256)), fc.bias.expand(1, 1, -1))
+
+
+def test_a_linear_head_stays_tied_and_runs_packed_without_being_dropped(calls):
+    """Compile's CPU layout: the tied (V, C) lm_head gets a packed copy for prefill, and
+    dropping dense weights must never drop it (the embedding gathers from it)."""
+    torch.manual_seed(0)
+    model = GPT(preset_config("tiny")).eval()
+    keys = set(model.state_dict())
+    ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        dense = model(ids)
+        model.packable_lm_head_()
+        assert model.lm_head.weight is model.transformer.wte.weight
+        count, _ = model.pack_weights_(drop_dense=True)
+        assert count == 4 * 4 + 1 and model.lm_head.packed is not None
+        assert not model.lm_head.packed.dense_dropped
+        calls["n"] = 0
+        model.lm_head(torch.randn(1, 1, 256))
+        assert calls["n"] == 1  # the head ran on its packed copy
+        packed = model(ids)
+    assert torch.isfinite(model.transformer.wte.weight).all()
+    assert set(model.state_dict()) == keys  # nn.Linear's key names, checkpoints still load
+    torch.testing.assert_close(packed, dense, rtol=0, atol=1e-5)
