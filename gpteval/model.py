@@ -225,8 +225,9 @@ class GPT(nn.Module):
                 if reason is not None:
                     continue
                 m.packed = PackedLinear(w)
-            # a LinearHead's weight is (often) the embedding's too: never dropped
-            if drop_dense and not m.packed.dense_dropped and not isinstance(m, LinearHead):
+            # a view's storage belongs to another tensor (a LinearHead's is the embedding
+            # table): there is nothing of its own to drop
+            if drop_dense and not m.packed.dense_dropped and not w._is_view():
                 w.data = dense_stand_in(w)
                 m.packed.bind(w, dense_dropped=True)
             count += 1

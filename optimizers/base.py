@@ -146,13 +146,17 @@ HEAD_LAYOUT_NOTE = ("lm_head stored (in, out), untied from the embedding, so dec
                     "streams rows (same logits, one more copy of the table)")
 
 
-def pack_for_cpu(te: TorchEngine, who: str, drop_dense: bool) -> None:
+def pack_for_cpu(te: TorchEngine, who: str, drop_dense: bool,
+                 head_as_is: bool = False) -> None:
     """Give a CPU TorchEngine's float32 projections their oneDNN-packed copies (the
     reference model's CPU inference layout, gpteval/packed.py) and say so in its notes.
     `drop_dense`: the packed copies replace the dense weights (eager inference only);
-    otherwise they are held beside them."""
+    otherwise they are held beside them.  `head_as_is`: a plain nn.Linear lm_head keeps
+    its (V, C) weight, tied or not, and is packed too (GPT.packable_lm_head_)."""
     if not te.device.startswith("cpu") or te.dtype != torch.float32:
         return
+    if head_as_is:
+        te.model.packable_lm_head_()
     count, reason = te.model.pack_weights_(drop_dense=drop_dense)
     if count:
         held = ("in place of the dense weights" if drop_dense else
