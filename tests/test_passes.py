@@ -211,3 +211,49 @@ def test_dense_fp32_variants_get_the_inference_layout(variant, dense_fp32, tmp_p
         assert engine.nbytes() == weights_mb + head_mb
         assert any("oneDNN-packed" in n for n in engine.notes) is can_pack
     torch.testing.assert_close(engine.forward(ids), before, rtol=0, atol=1e-5)
+
+
+def test_max_autotune_on_cpu_keeps_to_the_cpp_gemm_templates():
+    """The GEMM kernel is not left to one compile-time timing on the CPU (see
+    cpu_gemm_options); elsewhere, and in other modes, inductor's own choices stand."""
+    from optimizers.compile import cpu_gemm_options
+
+    options = cpu_gemm_options("cpu", "max-autotune")
+    assert options["max_autotune_gemm_backends"] == "CPP"
+    assert options["max_autotune"] is True  # still the mode it names
+    assert cpu_gemm_options("cuda", "max-autotune") is None
+    assert cpu_gemm_options("cpu", "default") is None
+
+
+@pytest.mark.slow
+def test_compile_max_autotune_decodes_like_eager_and_falls_back_when_cpp_fails(
+        tmp_path, monkeypatch):
+    """compile:max-autotune on the CPU builds with the CPP templates; a build that fails
+    with them alone is built again with every backend, and says so in the notes."""
+    import optimizers.compile as compile_pass
+
+    ids = torch.randint(0, CFG.vocab_size, (2, PROMPT + STEPS),
+                        generator=torch.Generator().manual_seed(2))
+
+    engine = pass_class("compile")("max-autotune").apply(TorchEngine(tiny_gpt(), "cpu"),
+                                                         context(tmp_path))
+    assert any("GEMM backends CPP" in n for n in engine.notes)
+    want = TorchEngine(tiny_gpt(), "cpu").forward(ids)[:, PROMPT - 1:]
+    torch.testing.assert_close(run_sequence(engine, ids), want, rtol=0, atol=1e-4)
+
+    real_warm_up, calls = compile_pass.warm_up, []
+
+    def fails_with_cpp_only(te, batch, max_len):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("no CPP template for this GEMM")
+        real_warm_up(te, batch, max_len)
+
+    monkeypatch.setattr(compile_pass, "warm_up", fails_with_cpp_only)
+    engine = pass_class("compile")("max-autotune").apply(TorchEngine(tiny_gpt(1), "cpu"),
+                                                         context(tmp_path))
+    assert len(calls) == 2
+    assert any("CPP GEMM templates alone failed (RuntimeError)" in n for n in engine.notes)
+    assert not any("GEMM backends CPP" in n for n in engine.notes)
+    want = TorchEngine(tiny_gpt(1), "cpu").forward(ids)[:, PROMPT - 1:]
+    torch.testing.assert_close(run_sequence(engine, ids), want, rtol=0, atol=1e-4)
