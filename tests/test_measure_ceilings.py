@@ -52,6 +52,13 @@ def test_bandwidth_ceiling_is_the_best_read_kernel():
     kernels = bandwidth_kernels_gbs("cpu", nbytes=16 * 1024 * 1024)
     assert set(kernels) == {"gemv", "sum", "copy"}
     assert all(math.isfinite(v) and v > 0 for v in kernels.values())
+    assert set(bandwidth_kernels_gbs("cpu", nbytes=2 ** 20, kernels=("sum",))) == {"sum"}
+
+
+def test_the_probe_beside_each_round_is_a_plain_bandwidth():
+    from gpteval.measure.ceilings import bandwidth_probe_gbs
+
+    assert 0.1 < bandwidth_probe_gbs("cpu") < 10_000  # GB/s, not bytes/s or GiB/ms
 
 
 def test_half_precision_prefill_is_held_to_the_bf16_matmul_ceiling():

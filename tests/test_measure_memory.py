@@ -69,3 +69,24 @@ def test_track_phase_reports_the_phase_peak():
 def test_cpu_has_no_device_allocator():
     assert peak_device_mb("cpu") is None
     reset_peak_device("cpu")  # a no-op, not an error
+
+
+@linux_only
+def test_a_block_excluded_from_the_peak_leaves_the_mark_as_it_was():
+    """What a bandwidth probe allocates beside a variant is not the variant's memory; what
+    the variant allocates before and after it still is."""
+    from gpteval.measure.memory import excluded_from_peak
+
+    if not reset_peak_rss():
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    earlier = b"\x01" * (150 * MIB)
+    del earlier
+    high = peak_rss_mb()
+    with excluded_from_peak() as excluded:
+        assert excluded
+        probe = b"\x01" * (300 * MIB)
+        del probe
+    assert peak_rss_mb() == pytest.approx(high, abs=20)  # neither raised nor lost
+    later = b"\x01" * (400 * MIB)
+    del later
+    assert peak_rss_mb() >= high + 200

@@ -167,3 +167,53 @@ def test_rounds_out_of_range_on_the_command_line_is_one_clear_error(capsys, tmp_
     assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet", "--rounds", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "latency.rounds" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_each_round_is_held_to_the_bandwidth_measured_beside_it(monkeypatch):
+    """roofline_paired_pct: round by round, decode bandwidth over the better of the probes
+    right before and after that round; roofline_pct keeps the run's one ceiling."""
+    from gpteval.measure import ceilings
+
+    class CpuEngine(_Engine):
+        device = "cpu"
+
+    tpots = iter([[4.0, 4.0], [8.0, 8.0]])  # 1000 bytes a step: 2.5e-4, then 1.25e-4 GB/s
+
+    def fake_measure(engine, batch, prompt_len, new_tokens, **kw):
+        t = next(tpots)
+        return LatencyResult(Stats([20.0, 20.0]), Stats(t), Stats(t * 2), batch, prompt_len, new_tokens)
+
+    probes = iter([5e-4, 1e-3, 2.5e-4, 2e-4])  # round 1: better of 5e-4, 1e-3; round 2: 2.5e-4
+    monkeypatch.setattr(latency, "measure_latency", fake_measure)
+    monkeypatch.setattr(ceilings, "bandwidth_probe_gbs", lambda device: next(probes))
+    proto = {"prompt_len": 8, "new_tokens": 3, "warmup": 0, "min_repeats": 2, "min_time_s": 0}
+    run_ceiling = {"memory_bandwidth_gbs": 1e-3}
+    first = latency.latency_at_batch(CpuEngine(), 1, proto, ceilings=run_ceiling)
+    if first["metrics"]["bandwidth_probe_gbs"] is None:
+        pytest.skip("the probe's memory cannot be left out of peak RSS here (no clear_refs)")
+    assert first["metrics"]["roofline_paired_pct"] == pytest.approx(25.0)
+    both = latency.latency_at_batch(CpuEngine(), 1, proto, ceilings=run_ceiling, earlier=first)
+    assert both["samples"]["bandwidth_probe_gbs"] == [1e-3, 2.5e-4]
+    assert both["samples"]["roofline_round_pct"] == pytest.approx([25.0, 50.0])
+    assert both["metrics"]["roofline_paired_pct"] == pytest.approx(37.5)
+    assert both["metrics"]["bandwidth_probe_gbs"] == pytest.approx(6.25e-4)
+    # the pooled median tpot (6 ms) against the run's ceiling
+    assert both["metrics"]["roofline_pct"] == pytest.approx(100 * 1000 / 6e-3 / 1e9 / 1e-3)
+
+
+def test_no_probe_on_a_gpu_or_outside_a_run(monkeypatch):
+    from gpteval.measure import ceilings
+
+    class CudaEngine(_Engine):
+        device = "cuda:0"
+
+    def no_probe(device):
+        raise AssertionError("probed")
+
+    monkeypatch.setattr(latency, "measure_latency", lambda engine, batch, p, n, **kw: LatencyResult(
+        Stats([20.0]), Stats([4.0]), Stats([4.0, 4.0]), batch, p, n))
+    monkeypatch.setattr(ceilings, "bandwidth_probe_gbs", no_probe)
+    proto = {"prompt_len": 8, "new_tokens": 3, "warmup": 0, "min_repeats": 1, "min_time_s": 0}
+    for engine, ceiling in ((CudaEngine(), {"memory_bandwidth_gbs": 1.0}), (_Engine(), None)):
+        m = latency.latency_at_batch(engine, 1, proto, ceilings=ceiling)["metrics"]
+        assert m["roofline_paired_pct"] is None and m["bandwidth_probe_gbs"] is None

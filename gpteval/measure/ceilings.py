@@ -25,13 +25,15 @@ def _sync(device: str):
     return lambda: None
 
 
-def _best_gbs(fn, nbytes: int, device: str) -> float:
-    times = repeat_timed(fn, _sync(device), _WARMUP, _MIN_COUNT, _MIN_TIME_S, _MAX_COUNT,
+def _best_gbs(fn, nbytes: int, device: str, min_time_s: float = _MIN_TIME_S) -> float:
+    times = repeat_timed(fn, _sync(device), _WARMUP, _MIN_COUNT, min_time_s, _MAX_COUNT,
                          device=device)
     return nbytes / min(times) / 1e9
 
 
-def bandwidth_kernels_gbs(device: str = "cpu", nbytes: int | None = None) -> dict[str, float]:
+def bandwidth_kernels_gbs(device: str = "cpu", nbytes: int | None = None,
+                          kernels: tuple[str, ...] = ("gemv", "sum", "copy"),
+                          min_time_s: float = _MIN_TIME_S) -> dict[str, float]:
     """Read bandwidth in GB/s through three kernels over `nbytes` of fp32 (default 256 MiB on
     the CPU, 1 GiB on CUDA: several times the last-level cache either way):
 
@@ -47,13 +49,24 @@ def bandwidth_kernels_gbs(device: str = "cpu", nbytes: int | None = None) -> dic
     cols = 4096
     rows = max(nbytes // 4 // cols, 1)
     w = torch.ones(rows, cols, dtype=torch.float32, device=device)
-    x = torch.ones(1, rows, dtype=torch.float32, device=device)
     read = rows * cols * 4
-    out = {"gemv": _best_gbs(lambda: x @ w, read, device),
-           "sum": _best_gbs(lambda: w.sum(), read, device)}
-    dst = torch.empty_like(w)
-    out["copy"] = _best_gbs(lambda: dst.copy_(w), 2 * read, device)
-    return out
+    runs: dict[str, tuple] = {}  # kernel -> (call, bytes it moves)
+    if "gemv" in kernels:
+        x = torch.ones(1, rows, dtype=torch.float32, device=device)
+        runs["gemv"] = (lambda: x @ w, read)
+    if "sum" in kernels:
+        runs["sum"] = (lambda: w.sum(), read)
+    if "copy" in kernels:
+        dst = torch.empty_like(w)
+        runs["copy"] = (lambda: dst.copy_(w), 2 * read)
+    return {name: _best_gbs(fn, moved, device, min_time_s) for name, (fn, moved) in runs.items()}
+
+
+def bandwidth_probe_gbs(device: str = "cpu") -> float:
+    """A quick bandwidth reading taken beside each latency round (roofline_paired_pct): the
+    better of the reduction and the copy, ~0.1 s each.  GEMV is left out: it was never the
+    best of the three (torch's CPU GEMV reads at about two thirds of a reduction's rate)."""
+    return max(bandwidth_kernels_gbs(device, kernels=("sum", "copy"), min_time_s=0.1).values())
 
 
 def memory_bandwidth_gbs(device: str = "cpu", nbytes: int | None = None) -> float:

@@ -16,6 +16,7 @@ generator: latency does not depend on what the tokens mean.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -143,9 +144,14 @@ def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, 
     """measure_latency at one batch size (prompt_len, new_tokens, warmup, min_repeats and
     min_time_s from `protocol`, the config's [latency]) and what follows from it:
     {"metrics": ttft_ms, tpot_ms, decode_tok_s, prefill_tok_s, bandwidth_gbs, roofline_pct,
-    flops_pct, cpu_steal_pct (host steal time while measuring); "stats", "samples": ttft_ms,
-    tpot_ms, decode_step_ms}.  `ceilings` holds the device's memory_bandwidth_gbs /
-    matmul_gflops (percentages are None without them).
+    flops_pct, cpu_steal_pct (host steal time while measuring), bandwidth_probe_gbs and
+    roofline_paired_pct (below); "stats", "samples": ttft_ms, tpot_ms, decode_step_ms,
+    bandwidth_probe_gbs and roofline_round_pct (one per round)}.  `ceilings` holds the
+    device's memory_bandwidth_gbs / matmul_gflops (percentages are None without them).
+    With ceilings given (a run), on the CPU, each round is paired with the memory bandwidth
+    measured right before and after it (bandwidth_probe_gbs, the better of the two): its
+    decode bandwidth over that is the round's roofline, roofline_paired_pct the median over
+    rounds, and bandwidth_probe_gbs the median probe.
     shape_warmup: one untimed generation at this shape first, for an engine that was warmed
     up (compiled, graph-captured) at another batch size.
     earlier: what an earlier call at this batch size returned (an earlier round); its raw
@@ -159,13 +165,22 @@ def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, 
         engine.reset(batch, prompt_len + new_tokens)
         greedy_generate(engine, torch.zeros(batch, prompt_len, dtype=torch.long), new_tokens)
     ticks = host.cpu_ticks()
+    # the machine's bandwidth right before and after this round (ceilings given: a run)
+    probe_before = _probe(engine.device) if ceilings else None
     measured = measure_latency(engine, batch, prompt_len, new_tokens, warmup=protocol["warmup"],
                                min_repeats=protocol["min_repeats"],
                                min_time_s=protocol["min_time_s"], seed=seed)
+    probe_after = _probe(engine.device) if ceilings else None
     steal = host.steal_pct(ticks, host.cpu_ticks())
+    # one decode step reads the weights once for the whole batch
+    round_gbs = C.decode_bandwidth_gbs(engine.decode_nbytes(), measured.tpot_ms.median)
+    probes = [p for p in (probe_before, probe_after) if p]
+    paired = {"bandwidth_probe_gbs": [max(probes)] if probes else [],
+              "roofline_round_pct": [C.percent_of(round_gbs, max(probes))] if probes else []}
     rounds = 1
     if earlier:
         measured = measured.pooled_with(earlier["samples"])
+        paired = {k: list(earlier["samples"].get(k, [])) + v for k, v in paired.items()}
         rounds = earlier.get("rounds", 1) + 1
         before = earlier["metrics"].get("cpu_steal_pct")
         steal = None if steal is None or before is None else \
@@ -175,9 +190,37 @@ def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, 
     m["cpu_steal_pct"] = steal
     bw = (ceilings or {}).get("memory_bandwidth_gbs")
     gflops = C.matmul_ceiling_gflops(ceilings or {}, engine.describe().get("dtype"))
-    # one decode step reads the weights once for the whole batch
     m["bandwidth_gbs"] = C.decode_bandwidth_gbs(engine.decode_nbytes(), m["tpot_ms"])
     m["roofline_pct"] = C.percent_of(m["bandwidth_gbs"], bw) if bw else None
+    # each round against the bandwidth measured beside it: on a shared host whose bandwidth
+    # swings between modes (here 25-57 GB/s within minutes), a run-wide ceiling and a
+    # median over rounds can come from different modes
+    m["bandwidth_probe_gbs"] = _median(paired["bandwidth_probe_gbs"])
+    m["roofline_paired_pct"] = _median(paired["roofline_round_pct"])
     achieved = C.prefill_gflops(n_params, batch, prompt_len, m["ttft_ms"], head_params)
     m["flops_pct"] = C.percent_of(achieved, gflops) if gflops else None
-    return {"metrics": m, "stats": d["stats"], "samples": d["samples"], "rounds": rounds}
+    return {"metrics": m, "stats": d["stats"], "samples": {**d["samples"], **paired},
+            "rounds": rounds}
+
+
+def _probe(device: str) -> float | None:
+    """bandwidth_probe_gbs on the CPU, its buffers left out of peak_rss_mb; None where that
+    cannot be done, so the paired roofline is absent, never guessed.  Not on a GPU: the
+    probe's 2 GiB would show in peak_device_mb, and a GPU's own memory does not swing with
+    a neighbour's load the way a shared host's does."""
+    from . import ceilings as C
+    from . import memory
+
+    if not device.startswith("cpu"):
+        return None
+    with memory.excluded_from_peak() as excluded:
+        if not excluded:
+            return None
+        try:
+            return C.bandwidth_probe_gbs(device)
+        except (RuntimeError, MemoryError):
+            return None
+
+
+def _median(values: list[float]) -> float | None:
+    return float(statistics.median(values)) if values else None

@@ -22,9 +22,18 @@ from typing import Iterator
 MIB = 1024 * 1024
 
 
+_carried_kib = 0  # the mark from before an excluded block (see excluded_from_peak)
+
+
 def reset_peak_rss() -> bool:
     """Reset the process's RSS high-water mark to its current RSS; False where the OS
     cannot (not Linux, or /proc/self/clear_refs not writable)."""
+    global _carried_kib
+    _carried_kib = 0
+    return _clear_hwm()
+
+
+def _clear_hwm() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -33,6 +42,23 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+@contextmanager
+def excluded_from_peak() -> Iterator[bool]:
+    """A block whose memory is not the measured work's (a bandwidth probe's buffers, freed
+    at its end): peak_rss_mb afterwards is what it would have been without the block.
+    Yields False where the mark cannot be reset; the caller then leaves the block out."""
+    global _carried_kib
+    before = _vm_hwm_kib()
+    if before is None or not _clear_hwm():
+        yield False
+        return
+    _carried_kib = max(_carried_kib, before)
+    try:
+        yield True
+    finally:
+        _clear_hwm()  # restarts from the RSS after the block; the earlier mark is carried
 
 
 def _proc_kib(path: str, key: str) -> int | None:
@@ -71,7 +97,7 @@ def peak_rss_mb() -> float:
     (VmHWM), or since the process started where VmHWM is unavailable (ru_maxrss)."""
     kib = _vm_hwm_kib()
     if kib is not None:
-        return kib / 1024.0
+        return max(kib, _carried_kib) / 1024.0
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -54,6 +54,14 @@ DEFINITIONS = (
                    "(the better of the two counts), listed under Environment; an engine's static KV "
                    "cache counts as read at its full length (a dynamic cache does not: a lower "
                    "bound for the hf peer)."),
+    ("roofline_paired_pct", "each latency round's achieved weight bandwidth over the memory "
+                            "bandwidth measured right before and after that round (the better "
+                            "of a reduction and a copy over 256 MiB; bandwidth_probe_gbs, the "
+                            "median of those probes), the median over rounds; CPU only.  On a "
+                            "shared host whose bandwidth swings while the run goes on, it "
+                            "holds each round to the bandwidth of its own moment, where "
+                            "roofline % holds every variant to the best of the whole run.  "
+                            "Above 100: the variant's kernels read faster than both probes."),
     ("cpu_steal_pct", "steal time: the share of the host's CPU time the hypervisor gave to "
                       "other guests while the variant's latency was measured (Linux /proc/stat; "
                       "absent elsewhere).  Above a few percent, speeds from that part of the run "
@@ -67,7 +75,7 @@ DEFINITIONS = (
 
 BATCH_DEFINITION = (
     "`<metric>_b<B>`", "a latency metric (ttft_ms, tpot_ms, decode_tok_s, prefill_tok_s, "
-    "bandwidth_gbs, roofline_pct, flops_pct, cpu_steal_pct) measured the same way at batch size B, a further "
+    "bandwidth_gbs, roofline_pct, roofline_paired_pct, flops_pct, cpu_steal_pct) measured the same way at batch size B, a further "
     "entry of latency.batch (after one untimed generation at that shape); the plain names are at "
     "the first.  A decode step reads the weights once for the whole batch, so bandwidth_gbs and "
     "roofline % count them once per step.")

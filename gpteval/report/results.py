@@ -22,14 +22,14 @@ REFERENCE_VARIANT = "eager"
 # Metric direction (plan CONTRACTS): higher is better for these, lower for everything else.
 HIGHER_IS_BETTER = frozenset(
     {"decode_tok_s", "prefill_tok_s", "top1_agree", "next_token_acc", "roofline_pct",
-     "bandwidth_gbs", "flops_pct", "speedup"}
+     "roofline_paired_pct", "bandwidth_gbs", "bandwidth_probe_gbs", "flops_pct", "speedup"}
 )
 
 # Canonical order of metric columns; unknown metrics (acc_<task>, …) follow alphabetically.
 METRIC_ORDER = (
     "decode_tok_s", "prefill_tok_s", "ttft_ms", "tpot_ms", "peak_rss_mb", "peak_device_mb",
-    "weights_mb", "artifact_mb", "optimize_s", "bandwidth_gbs", "roofline_pct", "flops_pct",
-    "cpu_steal_pct", "ppl", "bpb", "next_token_acc", "kl_mean", "top1_agree", "max_abs_logit_diff",
+    "weights_mb", "artifact_mb", "optimize_s", "bandwidth_gbs", "roofline_pct",
+    "bandwidth_probe_gbs", "roofline_paired_pct", "flops_pct", "cpu_steal_pct", "ppl", "bpb", "next_token_acc", "kl_mean", "top1_agree", "max_abs_logit_diff",
     "first_divergence",
 )
 
@@ -37,8 +37,11 @@ METRIC_ORDER = (
 # Latency metrics measured again at every further size of latency.batch, named with a `_b<B>`
 # suffix (decode_tok_s_b8); their stats and samples carry the same suffix (decode_step_ms_b8).
 BATCH_METRICS = ("decode_tok_s", "prefill_tok_s", "ttft_ms", "tpot_ms", "bandwidth_gbs",
-                 "roofline_pct", "flops_pct", "cpu_steal_pct")
+                 "roofline_pct", "bandwidth_probe_gbs", "roofline_paired_pct", "flops_pct",
+                 "cpu_steal_pct")
 BATCH_SERIES = ("ttft_ms", "tpot_ms", "decode_step_ms")
+# one sample per latency round, CPU runs only (measure/latency.py: roofline_paired_pct)
+ROUND_SERIES = ("bandwidth_probe_gbs", "roofline_round_pct")
 _BATCH_SUFFIX = re.compile(r"^(?P<base>[a-z0-9_]+?)_b(?P<batch>[1-9][0-9]*)$")
 
 
@@ -51,7 +54,7 @@ def split_batch(name: str) -> tuple[str, int | None]:
     """('decode_tok_s_b8') -> ('decode_tok_s', 8); a name without a batch suffix -> (name, None).
     Only latency metrics and series carry the suffix (acc_<task> names are left alone)."""
     m = _BATCH_SUFFIX.match(name)
-    if m and m["base"] in BATCH_METRICS + BATCH_SERIES:
+    if m and m["base"] in BATCH_METRICS + BATCH_SERIES + ROUND_SERIES:
         return m["base"], int(m["batch"])
     return name, None
 
