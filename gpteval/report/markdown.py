@@ -54,14 +54,14 @@ DEFINITIONS = (
                    "(the better of the two counts), listed under Environment; an engine's static KV "
                    "cache counts as read at its full length (a dynamic cache does not: a lower "
                    "bound for the hf peer)."),
-    ("roofline_paired_pct", "each latency round's achieved weight bandwidth over the memory "
+    ("roofline_paired_pct", ("each latency round's achieved weight bandwidth over the memory "
                             "bandwidth measured right before and after that round (the better "
                             "of a reduction and a copy over 256 MiB; bandwidth_probe_gbs, the "
                             "median of those probes), the median over rounds; CPU only.  On a "
                             "shared host whose bandwidth swings while the run goes on, it "
                             "holds each round to the bandwidth of its own moment, where "
                             "roofline % holds every variant to the best of the whole run.  "
-                            "Above 100: the variant's kernels read faster than both probes."),
+                            "Above 100: the variant's kernels read faster than both probes.")),
     ("cpu_steal_pct", "steal time: the share of the host's CPU time the hypervisor gave to "
                       "other guests while the variant's latency was measured (Linux /proc/stat; "
                       "absent elsewhere).  Above a few percent, speeds from that part of the run "
