@@ -211,3 +211,11 @@ def test_importing_the_report_package_stays_light():
             "print(sorted(m for m in heavy if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_roofline_cell_adds_the_paired_roofline_where_it_was_measured():
+    from gpteval.report.markdown import _roofline_cell
+
+    assert _roofline_cell({"roofline_pct": 71.26, "roofline_paired_pct": 84.04}) == \
+        "71.3 (84.0 paired)"
+    assert _roofline_cell({"roofline_pct": 71.26, "roofline_paired_pct": None}) == "71.3"

@@ -53,7 +53,8 @@ DEFINITIONS = (
                    "256 MiB (CPU) or 1 GiB (CUDA), measured at the start and at the end of the run "
                    "(the better of the two counts), listed under Environment; an engine's static KV "
                    "cache counts as read at its full length (a dynamic cache does not: a lower "
-                   "bound for the hf peer)."),
+                   "bound for the hf peer).  In parentheses, where measured: "
+                   "roofline_paired_pct."),
     ("roofline_paired_pct", ("each latency round's achieved weight bandwidth over the memory "
                             "bandwidth measured right before and after that round (the better "
                             "of a reduction and a copy over 256 MiB; bandwidth_probe_gbs, the "
@@ -128,7 +129,15 @@ def summary_cells(row: dict) -> list[str]:
     return [variant, row["device"], row["status"], fmt.num(row["decode_tok_s"], 1), _speedup_cell(row),
             fmt.num(row["ttft_ms"], 2), fmt.num(row["peak_rss_mb"], 0), fmt.num(row["weights_mb"], 1),
             fmt.num(row["ppl"], 3), fmt.pct(row["ppl_delta_pct"], 2), fmt.num(row["top1_agree"], 3),
-            fmt.sig(row["kl_mean"], 3), fmt.num(row["roofline_pct"], 1), _verdict_cell(row)]
+            fmt.sig(row["kl_mean"], 3), _roofline_cell(row), _verdict_cell(row)]
+
+
+def _roofline_cell(row: dict) -> str:
+    """roofline % against the run's ceiling; roofline_paired_pct after it, where measured."""
+    text = fmt.num(row["roofline_pct"], 1)
+    if row.get("roofline_paired_pct") is not None:
+        text += f" ({row['roofline_paired_pct']:.1f} paired)"
+    return text
 
 
 def _distinct(entries: list[dict], block: str) -> list[dict]:

@@ -29,8 +29,8 @@ HIGHER_IS_BETTER = frozenset(
 METRIC_ORDER = (
     "decode_tok_s", "prefill_tok_s", "ttft_ms", "tpot_ms", "peak_rss_mb", "peak_device_mb",
     "weights_mb", "artifact_mb", "optimize_s", "bandwidth_gbs", "roofline_pct",
-    "bandwidth_probe_gbs", "roofline_paired_pct", "flops_pct", "cpu_steal_pct", "ppl", "bpb", "next_token_acc", "kl_mean", "top1_agree", "max_abs_logit_diff",
-    "first_divergence",
+    "bandwidth_probe_gbs", "roofline_paired_pct", "flops_pct", "cpu_steal_pct", "ppl", "bpb",
+    "next_token_acc", "kl_mean", "top1_agree", "max_abs_logit_diff", "first_divergence",
 )
 
 

@@ -128,8 +128,8 @@ def summary_rows(results: dict, budget: QualityBudget | None = None) -> list[dic
     """One dict per result, grouped by model then device (order of first appearance), fastest
     first within a group, results that are not ok last.  Keys: model, variant, device, status,
     reason, decode_tok_s, speedup, speedup_lo, speedup_hi, ttft_ms, peak_rss_mb, weights_mb, ppl,
-    ppl_delta_pct, top1_agree, kl_mean, roofline_pct, verdict, verdict_reason, accepted,
-    recommended."""
+    ppl_delta_pct, top1_agree, kl_mean, roofline_pct, roofline_paired_pct, verdict,
+    verdict_reason, accepted, recommended."""
     budget = budget or QualityBudget()
     refs = _reference_of(results)
     entries = results["results"]
@@ -159,6 +159,7 @@ def summary_rows(results: dict, budget: QualityBudget | None = None) -> list[dic
             "ppl_delta_pct": (ppl / ref_ppl - 1.0) * 100.0 if ppl is not None and ref_ppl else None,
             "top1_agree": R.metric(entry, "top1_agree"), "kl_mean": R.metric(entry, "kl_mean"),
             "roofline_pct": R.metric(entry, "roofline_pct"),
+            "roofline_paired_pct": R.metric(entry, "roofline_paired_pct"),
             "verdict": verdict.label, "verdict_reason": verdict.reason, "accepted": verdict.accepted,
             "recommended": False,
         })
