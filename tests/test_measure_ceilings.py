@@ -95,3 +95,22 @@ def test_ceilings_measured_twice_keep_the_best_and_percentages_follow():
     assert metrics["roofline_pct_b4"] is None
     assert results["env"]["ceilings"]["cpu"]["memory_bandwidth_gbs"] == 25.0
     assert results["env"]["ceilings_measured"] == [{"cpu": start}, {"cpu": end}]
+
+
+def test_a_probe_beside_a_round_that_beats_the_run_ceilings_becomes_the_ceiling():
+    """Bandwidth probed beside a latency round (any batch size) is the same machine measured
+    at another moment: the best of every measurement is the run's ceiling."""
+    from gpteval.harness import settle_ceilings
+
+    metrics = {"bandwidth_gbs": 30.0, "roofline_pct": 100.0, "roofline_paired_pct": 75.0}
+    results = {"env": {"ceilings": {"cpu": {"memory_bandwidth_gbs": 30.0}}},
+               "results": [{"device": "cpu", "metrics": metrics,
+                            "samples": {"bandwidth_probe_gbs": [31.0, 40.0],
+                                        "bandwidth_probe_gbs_b8": [60.0], "tpot_ms": [99.0]}},
+                           {"device": "cpu", "metrics": {}, "samples": {}}]}
+    settle_ceilings(results, {"cpu": {"memory_bandwidth_gbs": 28.0}})
+    ceiling = results["env"]["ceilings"]["cpu"]
+    assert ceiling["memory_bandwidth_gbs"] == 60.0  # not tpot's 99, not the end's 28
+    assert ceiling["bandwidth_beside_rounds_gbs"] == 60.0
+    assert metrics["roofline_pct"] == pytest.approx(50.0)
+    assert metrics["roofline_paired_pct"] == 75.0  # its own denominators, untouched

@@ -51,7 +51,8 @@ DEFINITIONS = (
                    "embedding tables only gathered are left out — × decode steps/s) over this "
                    "device's measured memory bandwidth: the best of a GEMV, a reduction and a copy over "
                    "256 MiB (CPU) or 1 GiB (CUDA), measured at the start and at the end of the run "
-                   "(the better of the two counts), listed under Environment; an engine's static KV "
+                   "and, on the CPU, beside every latency round (bandwidth_probe_gbs); the best "
+                   "of them counts, listed under Environment; an engine's static KV "
                    "cache counts as read at its full length (a dynamic cache does not: a lower "
                    "bound for the hf peer).  In parentheses, where measured: "
                    "roofline_paired_pct."),
