@@ -203,10 +203,14 @@ class GPT(nn.Module):
         return self
 
     def packable_lm_head_(self) -> "GPT":
-        """A bias-free nn.Linear lm_head becomes a LinearHead: same weight, same layout,
-        and `pack_weights_` can give it a packed copy; in place."""
-        if type(self.lm_head) is nn.Linear and self.lm_head.bias is None:
-            self.lm_head = LinearHead(self.lm_head.weight)
+        """A bias-free nn.Linear lm_head with a plain weight becomes a LinearHead: same
+        weight, same layout, and `pack_weights_` can give it a packed copy; in place."""
+        head = self.lm_head
+        # a plain tensor only: a quantized weight (torchao's tensor subclasses) has no
+        # transpose to pack, and its nn.Linear already runs the quantized kernel
+        if (type(head) is nn.Linear and head.bias is None
+                and type(head.weight.detach()) is torch.Tensor):
+            self.lm_head = LinearHead(head.weight)
         return self
 
     def pack_weights_(self, drop_dense: bool = False) -> tuple[int, str | None]:

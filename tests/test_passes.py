@@ -257,3 +257,22 @@ def test_compile_max_autotune_decodes_like_eager_and_falls_back_when_cpp_fails(
     assert not any("GEMM backends CPP" in n for n in engine.notes)
     want = TorchEngine(tiny_gpt(1), "cpu").forward(ids)[:, PROMPT - 1:]
     torch.testing.assert_close(run_sequence(engine, ids), want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compile_after_a_quantizing_pass_leaves_the_quantized_head_alone(tmp_path):
+    """compile gives a plain float lm_head a packed copy for its prefill; a head torchao
+    has quantized (a tensor subclass, no transpose) stays its quantized nn.Linear, and
+    the compiled decode agrees with the quantized model's own forward."""
+    passes = parse_pipeline("int8-weight-only+compile")
+    reason = passes[0].available("cpu")
+    if reason:
+        pytest.skip(reason)
+    ids = torch.randint(0, CFG.vocab_size, (2, PROMPT + STEPS),
+                        generator=torch.Generator().manual_seed(3))
+    engine, ctx = TorchEngine(tiny_gpt(), "cpu"), context(tmp_path)
+    for p in passes:
+        engine = p.apply(engine, ctx)
+    assert type(engine.model.lm_head) is torch.nn.Linear
+    got, want = run_sequence(engine, ids), engine.forward(ids)[:, PROMPT - 1:]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-3)
