@@ -164,19 +164,20 @@ def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, 
     if shape_warmup:
         engine.reset(batch, prompt_len + new_tokens)
         greedy_generate(engine, torch.zeros(batch, prompt_len, dtype=torch.long), new_tokens)
-    ticks = host.cpu_ticks()
     # the machine's bandwidth right before and after this round (ceilings given: a run)
     probe_before = _probe(engine.device) if ceilings else None
+    ticks = host.cpu_ticks()
     measured = measure_latency(engine, batch, prompt_len, new_tokens, warmup=protocol["warmup"],
                                min_repeats=protocol["min_repeats"],
                                min_time_s=protocol["min_time_s"], seed=seed)
-    probe_after = _probe(engine.device) if ceilings else None
     steal = host.steal_pct(ticks, host.cpu_ticks())
-    # one decode step reads the weights once for the whole batch
-    round_gbs = C.decode_bandwidth_gbs(engine.decode_nbytes(), measured.tpot_ms.median)
+    probe_after = _probe(engine.device) if ceilings else None
     probes = [p for p in (probe_before, probe_after) if p]
-    paired = {"bandwidth_probe_gbs": [max(probes)] if probes else [],
-              "roofline_round_pct": [C.percent_of(round_gbs, max(probes))] if probes else []}
+    paired: dict[str, list[float]] = {"bandwidth_probe_gbs": [], "roofline_round_pct": []}
+    if probes:
+        round_gbs = C.decode_bandwidth_gbs(engine.decode_nbytes(), measured.tpot_ms.median)
+        paired = {"bandwidth_probe_gbs": [max(probes)],
+                  "roofline_round_pct": [C.percent_of(round_gbs, max(probes))]}
     rounds = 1
     if earlier:
         measured = measured.pooled_with(earlier["samples"])
@@ -190,6 +191,7 @@ def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, 
     m["cpu_steal_pct"] = steal
     bw = (ceilings or {}).get("memory_bandwidth_gbs")
     gflops = C.matmul_ceiling_gflops(ceilings or {}, engine.describe().get("dtype"))
+    # one decode step reads the weights once for the whole batch
     m["bandwidth_gbs"] = C.decode_bandwidth_gbs(engine.decode_nbytes(), m["tpot_ms"])
     m["roofline_pct"] = C.percent_of(m["bandwidth_gbs"], bw) if bw else None
     # each round against the bandwidth measured beside it: on a shared host whose bandwidth
