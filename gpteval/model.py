@@ -203,13 +203,13 @@ class GPT(nn.Module):
         return self
 
     def packable_lm_head_(self) -> "GPT":
-        """A bias-free nn.Linear lm_head with a plain weight becomes a LinearHead: same
-        weight, same layout, and `pack_weights_` can give it a packed copy; in place."""
+        """A bias-free nn.Linear lm_head whose weight can be packed becomes a LinearHead:
+        same weight, same layout, and `pack_weights_` can give it a packed copy; in place.
+        Any other head stays (a quantized weight, one of torchao's tensor subclasses, has
+        no transpose to pack, and its nn.Linear already runs the quantized kernel)."""
         head = self.lm_head
-        # a plain tensor only: a quantized weight (torchao's tensor subclasses) has no
-        # transpose to pack, and its nn.Linear already runs the quantized kernel
         if (type(head) is nn.Linear and head.bias is None
-                and type(head.weight.detach()) is torch.Tensor):
+                and packing_unavailable(head.weight) is None):
             self.lm_head = LinearHead(head.weight)
         return self
 

@@ -172,10 +172,12 @@ def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, 
                                min_time_s=protocol["min_time_s"], seed=seed)
     steal = host.steal_pct(ticks, host.cpu_ticks())
     probe_after = _probe(engine.device) if ceilings else None
+    # one decode step reads the weights once for the whole batch
+    nbytes = engine.decode_nbytes()
     probes = [p for p in (probe_before, probe_after) if p]
     paired: dict[str, list[float]] = {"bandwidth_probe_gbs": [], "roofline_round_pct": []}
     if probes:
-        round_gbs = C.decode_bandwidth_gbs(engine.decode_nbytes(), measured.tpot_ms.median)
+        round_gbs = C.decode_bandwidth_gbs(nbytes, measured.tpot_ms.median)
         paired = {"bandwidth_probe_gbs": [max(probes)],
                   "roofline_round_pct": [C.percent_of(round_gbs, max(probes))]}
     rounds = 1
@@ -191,8 +193,7 @@ def latency_at_batch(engine: Engine, batch: int, protocol: dict, seed: int = 0, 
     m["cpu_steal_pct"] = steal
     bw = (ceilings or {}).get("memory_bandwidth_gbs")
     gflops = C.matmul_ceiling_gflops(ceilings or {}, engine.describe().get("dtype"))
-    # one decode step reads the weights once for the whole batch
-    m["bandwidth_gbs"] = C.decode_bandwidth_gbs(engine.decode_nbytes(), m["tpot_ms"])
+    m["bandwidth_gbs"] = C.decode_bandwidth_gbs(nbytes, m["tpot_ms"])
     m["roofline_pct"] = C.percent_of(m["bandwidth_gbs"], bw) if bw else None
     # each round against the bandwidth measured beside it: on a shared host whose bandwidth
     # swings between modes (here 25-57 GB/s within minutes), a run-wide ceiling and a
