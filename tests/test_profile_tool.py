@@ -14,7 +14,7 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "profile_decode.py"
 def _profile(variant: str, *extra: str) -> str:
     proc = subprocess.run([sys.executable, str(TOOL), "--model", "tiny", "--variant", variant,
                            "--prompt", "8", "--steps", "4", "--top", "30", *extra],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -52,3 +52,50 @@ def test_prefill_profile_counts_each_prefill_once():
     # per prefill, not per decode step: one attention and four projections per layer
     assert rows.get("GroupQueryAttention") == pytest.approx(layers)
     assert rows.get("Gemm") == pytest.approx(4 * layers)
+
+
+GAP_TOOL = TOOL.parent / "roofline_gap.py"
+
+
+def test_roofline_gap_reads_the_decode_tensors_and_pairs_each_round():
+    proc = subprocess.run([sys.executable, str(GAP_TOOL), "--model", "tiny", "--variant", "eager",
+                           "--rounds", "2", "--prompt", "8", "--steps", "4"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    # the large tensors it streams hold nearly all the bytes a decode step reads
+    # (decode_nbytes), eager's dropped dense weights stood in for by real tensors of their size
+    head = lines[0].split()  # "... a decode step reads X MB; N tensors, the M of ... hold Y MB"
+    reads, held = float(head[head.index("reads") + 1]), float(head[head.index("hold") + 1])
+    assert 0.95 * reads <= held <= reads
+    rounds = [line.split() for line in lines[2:-1]]
+    assert len(rounds) == 2 and all(len(r) == 8 for r in rounds)
+    for r in rounds:
+        probe, decode, dec_probe = float(r[1]), float(r[4]), float(r[5])
+        assert probe > 0 and decode > 0
+        assert dec_probe == pytest.approx(decode / probe, abs=0.011)
+    assert lines[-1].startswith("median over rounds: dec/probe")
+
+
+def test_decode_tensors_leave_gathered_tables_out_and_replace_stand_ins():
+    sys.path.insert(0, str(TOOL.parent))
+    try:
+        from roofline_gap import decode_tensors
+    finally:
+        sys.path.pop(0)
+    from gpteval.engine import TorchEngine
+    from gpteval.model import GPT, GPTConfig
+    from gpteval.packed import is_stand_in
+
+    model = GPT(GPTConfig(vocab_size=64, n_positions=32, n_layer=2, n_head=2, n_embd=32))
+    engine = TorchEngine(model, "cpu")
+    engine.reset(1, 16)
+    tensors = decode_tensors(engine, model)
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    assert nbytes == engine.decode_nbytes()  # the tied wte is read whole by the lm_head
+    assert all(t.data_ptr() != model.transformer.wpe.weight.data_ptr() for t in tensors)
+    model.pack_weights_(drop_dense=True)
+    if model.transformer.h[0].attn.c_attn.packed is not None:
+        assert not any(is_stand_in(t) for t in decode_tensors(engine, model))
+        assert sum(t.numel() for t in decode_tensors(engine, model)) == \
+            sum(t.numel() for t in tensors)

@@ -1,0 +1,129 @@
+"""How far a variant's decode is from the bandwidth ceiling, and which part of the gap no
+kernel could close: the evidence behind `roofline_pct` / `roofline_paired_pct` on the CPU.
+
+    python tools/roofline_gap.py --model gpt2 --variant compile:max-autotune --rounds 12
+
+Builds the variant as `gpteval run` does, then, round after round, measures side by side:
+
+probe    the harness's bandwidth probe (`bandwidth_probe_gbs`: best of repeated reductions
+         and copies over one 256 MiB buffer), what `roofline_paired_pct` holds a round to;
+buffer   one reduction over a single buffer as large as a decode step's reads (median of 3);
+tensors  the same reduction over the decode's own large tensors (weight matrices, KV cache;
+         all but <1 % of its bytes) one by one, in the model's order (median of 3): how fast
+         a plain kernel that reads each tensor once, a call per tensor, streams them;
+decode   decode_nbytes / median TPOT, as the harness computes `bandwidth_gbs`.
+
+decode/tensors is what the variant's kernels and per-step overhead leave on the table;
+tensors/probe is what reading the model tensor by tensor, in a typical moment rather than
+the probe's best one, costs before any kernel runs.  On a shared host the bandwidth moves
+between rounds, so only ratios within a round mean something.  Meant for float32 variants
+(an ONNX Runtime engine is held to the reference model's tensors, which its export shares).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+LARGE_BYTES = 256 * 1024
+
+
+def decode_tensors(engine, reference) -> list[torch.Tensor]:
+    """The tensors one decode step reads: the engine's own model's parameters and buffers
+    when it is a PyTorch engine (its KV cache included), else the reference model's, whose
+    sizes an fp32 export shares.  Embedding tables that are only gathered (a row per token)
+    are left out, as in `decode_nbytes`.  A dense weight dropped for its oneDNN-packed copy
+    (a storage-less stand-in, gpteval/packed.py) is read as a fresh tensor of its size."""
+    from gpteval.packed import is_stand_in
+
+    model = getattr(engine, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        model = reference
+    wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
+    gathered = {wpe.data_ptr()}
+    if getattr(model.lm_head, "weight", None) is not wte:
+        gathered.add(wte.data_ptr())
+    seen, out = set(), []
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in seen or t.data_ptr() in gathered or not t.numel():
+            continue
+        seen.add(id(t))
+        out.append(torch.ones(t.shape, dtype=t.dtype) if is_stand_in(t) else t.detach())
+    return out
+
+
+def _median_gbs(fn, nbytes: int, repeats: int = 3) -> float:
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        rates.append(nbytes / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="gpt2")
+    ap.add_argument("--variant", default="compile:max-autotune")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=64, help="decode steps per latency repeat")
+    args = ap.parse_args()
+
+    from gpteval.engine import TorchEngine
+    from gpteval.measure.ceilings import bandwidth_probe_gbs
+    from gpteval.measure.latency import measure_latency
+    from gpteval.weights import load_model
+    from optimizers import PassContext, parse_pipeline, run_pipeline
+
+    loaded = load_model(args.model)
+    max_len = args.prompt + args.steps + 1
+    ctx = PassContext(device="cpu", workdir=Path(tempfile.mkdtemp()), trained=loaded.trained,
+                      warmup_shape=(1, max_len))
+    engine = run_pipeline(parse_pipeline(args.variant), TorchEngine(loaded.model, "cpu"), ctx,
+                          layout=True)
+    engine.reset(1, max_len)  # the KV cache the decode reads exists from here on
+    every = decode_tensors(engine, loaded.model)
+    # biases and norms: a call each would time Python and thread start-up, not memory
+    tensors = [t for t in every if t.numel() * t.element_size() >= LARGE_BYTES]
+    nbytes = engine.decode_nbytes()
+    tensor_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    buffer = torch.ones(max(tensor_bytes // 4, 1))
+
+    def one_by_one() -> None:
+        for t in tensors:
+            t.sum()
+
+    print(f"{args.model} {args.variant}: a decode step reads {nbytes / 1e6:.1f} MB; "
+          f"{len(every)} tensors, the {len(tensors)} of at least {LARGE_BYTES // 1024} KiB "
+          f"hold {tensor_bytes / 1e6:.1f} MB; "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'round':>5} {'probe':>7} {'buffer':>7} {'tensors':>7} {'decode':>7}  GB/s   "
+          f"{'dec/probe':>9} {'dec/tens':>8} {'tens/probe':>10}")
+    ratios: dict[str, list[float]] = {"dec/probe": [], "dec/tens": [], "tens/probe": []}
+    for r in range(args.rounds):
+        before = bandwidth_probe_gbs()
+        in_buffer = _median_gbs(lambda: buffer.sum(), buffer.numel() * 4)
+        in_tensors = _median_gbs(one_by_one, tensor_bytes)
+        lat = measure_latency(engine, 1, args.prompt, args.steps + 1, warmup=1,
+                              min_repeats=2, min_time_s=0.5)
+        decode = nbytes / (lat.tpot_ms.median / 1e3) / 1e9
+        probe = (before + bandwidth_probe_gbs()) / 2  # as roofline_paired_pct pairs a round
+        row = {"dec/probe": decode / probe, "dec/tens": decode / in_tensors,
+               "tens/probe": in_tensors / probe}
+        for k, v in row.items():
+            ratios[k].append(v)
+        print(f"{r:5d} {probe:7.1f} {in_buffer:7.1f} {in_tensors:7.1f} {decode:7.1f}         "
+              f"{row['dec/probe']:9.2f} {row['dec/tens']:8.2f} {row['tens/probe']:10.2f}",
+              flush=True)
+    print("median over rounds: " + ", ".join(f"{k} {statistics.median(v):.2f}"
+                                             for k, v in ratios.items()))
+
+
+if __name__ == "__main__":
+    main()
