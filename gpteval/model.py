@@ -18,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.nn import functional as F
 
 from .packed import PackedLinear, dense_stand_in, packing_unavailable
@@ -56,7 +56,7 @@ class GPTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "GPTConfig":
+    def from_dict(cls, data: dict) -> GPTConfig:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -196,13 +196,13 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
 
-    def transpose_lm_head_(self) -> "GPT":
+    def transpose_lm_head_(self) -> GPT:
         """Inference layout of the output projection (see TransposedHead); in place."""
         if isinstance(self.lm_head, nn.Linear):
             self.lm_head = TransposedHead(self.lm_head.weight)
         return self
 
-    def packable_lm_head_(self) -> "GPT":
+    def packable_lm_head_(self) -> GPT:
         """A bias-free nn.Linear lm_head whose weight can be packed becomes a LinearHead:
         same weight, same layout, and `pack_weights_` can give it a packed copy; in place.
         Any other head stays (a quantized weight, one of torchao's tensor subclasses, has

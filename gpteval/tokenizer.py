@@ -35,7 +35,7 @@ class BPETokenizer:
         self.vocab_size = tok.get_vocab_size()
 
     @classmethod
-    def from_dir(cls, directory: str | Path) -> "BPETokenizer":
+    def from_dir(cls, directory: str | Path) -> BPETokenizer:
         from tokenizers import Tokenizer, decoders, pre_tokenizers
         from tokenizers.models import BPE
 

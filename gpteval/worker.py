@@ -25,7 +25,6 @@ from .engine import TorchEngine
 from .errors import UserError
 from .weights import load_model
 
-
 MB = 2 ** 20  # every *_mb in results.json is MiB, the unit /proc and /usr/bin/time use
 
 
@@ -102,6 +101,7 @@ def run_job(job: dict, keep: dict | None = None) -> dict:
     later latency rounds (`serve_rounds`)."""
     from optimizers import PassContext, parse_pipeline
     from optimizers.base import PassSkipped, inference_layout
+
     from .measure import fidelity, memory, quality
 
     cfg = job["config"]
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     kept: dict = {}
     try:
         result = run_job(job, keep=kept)
-    except BaseException as exc:  # noqa: BLE001 - every failure is recorded, never lost
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         result = {**base, "status": "failed", "reason": failure_reason(exc), "metrics": {}}

@@ -118,5 +118,13 @@ def run_pipeline(passes: list[Pass], engine, ctx: PassContext, layout: bool = Fa
     return inference_layout(engine) if layout else engine
 
 
-__all__ = ["REGISTRY", "Pass", "PassContext", "PassError", "pass_class", "parse_pipeline",
-           "all_passes", "run_pipeline"]
+__all__ = [
+    "REGISTRY",
+    "Pass",
+    "PassContext",
+    "PassError",
+    "all_passes",
+    "parse_pipeline",
+    "pass_class",
+    "run_pipeline",
+]

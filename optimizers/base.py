@@ -10,9 +10,10 @@ Pass modules import heavy libraries (onnxruntime, torchao, torch_tensorrt) insid
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -177,7 +178,7 @@ def inference_layout(engine: Engine) -> Engine:
     quantized layers keep what they made (only plain float32 weights are packed); compiled
     engines are left as they are (Compile packs before it compiles, keeping the dense
     weights its graph reads)."""
-    import torch.nn as nn
+    from torch import nn
 
     if not isinstance(engine, TorchEngine) or engine.backend != "torch":
         return engine

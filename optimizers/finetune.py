@@ -13,7 +13,14 @@ import torch
 
 from gpteval.engine import Engine
 
-from .base import Pass, PassContext, PassError, PassSkipped, parse_int, require_torch_engine
+from .base import (
+    Pass,
+    PassContext,
+    PassError,
+    PassSkipped,
+    parse_int,
+    require_torch_engine,
+)
 from .prune import projections
 
 LR = 1e-4

@@ -29,13 +29,20 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.nn import functional as F
 
 from gpteval.engine import Engine
 from gpteval.model import GPT
 
-from .base import Pass, PassContext, PassError, missing_package, parse_int, require_torch_engine
+from .base import (
+    Pass,
+    PassContext,
+    PassError,
+    missing_package,
+    parse_int,
+    require_torch_engine,
+)
 from .onnx_attention import TOTAL_INPUT, seqlens_k, translation_table
 from .ort_engine import POSITIONS_INPUT, OrtEngine
 

@@ -19,7 +19,7 @@ their value shows in the quality columns (and after a sparse-aware runtime).
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from gpteval.engine import Engine, TorchEngine
 from gpteval.model import GPT, Conv1D

@@ -19,12 +19,19 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from gpteval.engine import Engine, TorchEngine
 from gpteval.model import GPT, Conv1D
 
-from .base import Pass, PassContext, PassError, missing_package, parse_int, require_torch_engine
+from .base import (
+    Pass,
+    PassContext,
+    PassError,
+    missing_package,
+    parse_int,
+    require_torch_engine,
+)
 
 
 class Conv1DAsLinear(nn.Module):
@@ -46,7 +53,7 @@ class Conv1DAsLinear(nn.Module):
         return self._layout
 
     @classmethod
-    def from_conv1d(cls, conv: Conv1D) -> "Conv1DAsLinear":
+    def from_conv1d(cls, conv: Conv1D) -> Conv1DAsLinear:
         w = conv.weight.detach()  # (in, out)
         linear = nn.Linear(w.shape[0], w.shape[1], bias=conv.bias is not None,
                            device=w.device, dtype=w.dtype)
@@ -286,7 +293,10 @@ class FP8(Pass):
         return reason
 
     def apply(self, engine: Engine, ctx: PassContext) -> Engine:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            PerRow,
+        )
 
         te = require_torch_engine(engine, self.name)
         require_float_weights(te, self.name)

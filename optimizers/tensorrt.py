@@ -43,7 +43,7 @@ class TensorRT(Pass):
         return missing_package("torch_tensorrt", "tensorrt") or super().available(device)
 
     def apply(self, engine: Engine, ctx: PassContext) -> Engine:
-        import torch_tensorrt  # noqa: F401  (registers the "torch_tensorrt" backend)
+        import torch_tensorrt
 
         te = require_torch_engine(engine, self.name)
         require_float_weights(te, self.name)

@@ -10,14 +10,14 @@ import sys
 
 import numpy as np
 import pytest
-from tests.helpers import study_toml
-from tests.test_report_fixtures import make_results
 
 from gpteval import worker
 from gpteval.compare import Gates, RatioGate, compare
 from gpteval.report import render_csv, render_markdown
 from gpteval.report import results as R
 from gpteval.report.benchmark import benchmark_entries
+from tests.helpers import study_toml
+from tests.test_report_fixtures import make_results
 
 FURTHER = ("ttft_ms_b2", "tpot_ms_b2", "decode_tok_s_b2", "prefill_tok_s_b2", "bandwidth_gbs_b2",
            "roofline_pct_b2", "flops_pct_b2")

@@ -4,11 +4,11 @@ import copy
 
 import numpy as np
 import pytest
-from tests.test_report_fixtures import make_results
 
 from gpteval.compare import Gates, RatioGate, compare, load_gates
 from gpteval.errors import UserError
 from gpteval.report.significance import bootstrap_ratio_ci, mann_whitney_u
+from tests.test_report_fixtures import make_results
 
 
 @pytest.fixture(scope="module")

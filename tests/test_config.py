@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from gpteval.config import DEFAULT_VARIANTS, apply_overrides, default_config, load_config, parse_config
+from gpteval.config import (
+    DEFAULT_VARIANTS,
+    apply_overrides,
+    default_config,
+    load_config,
+    parse_config,
+)
 from gpteval.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,13 @@ import time
 
 import pytest
 
-from gpteval.measure.ceilings import (decode_bandwidth_gbs, matmul_gflops, memory_bandwidth_gbs,
-                                      percent_of, prefill_gflops)
+from gpteval.measure.ceilings import (
+    decode_bandwidth_gbs,
+    matmul_gflops,
+    memory_bandwidth_gbs,
+    percent_of,
+    prefill_gflops,
+)
 
 
 def test_memory_bandwidth_is_positive_and_quick():

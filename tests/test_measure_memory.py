@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from gpteval.measure.memory import (peak_device_mb, peak_rss_mb, reset_peak_device,
-                                    reset_peak_rss, track_phase)
+from gpteval.measure.memory import (
+    peak_device_mb,
+    peak_rss_mb,
+    reset_peak_device,
+    reset_peak_rss,
+    track_phase,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024

@@ -7,8 +7,13 @@ import torch
 
 from gpteval.engine import Engine, TorchEngine
 from gpteval.errors import UserError
-from gpteval.measure.quality import (cloze_accuracy, multiple_choice, perplexity,
-                                     sliding_windows, split_last_word)
+from gpteval.measure.quality import (
+    cloze_accuracy,
+    multiple_choice,
+    perplexity,
+    sliding_windows,
+    split_last_word,
+)
 from gpteval.tokenizer import ByteTokenizer
 
 

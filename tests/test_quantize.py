@@ -84,7 +84,7 @@ def test_fp8_needs_cuda():
 def test_fp8_leaves_shapes_cublas_cannot_take_in_bf16():
     """GPT-2's lm_head (50,257 outputs) failed fp8 on an H200 with CUBLAS_STATUS_NOT_SUPPORTED:
     _scaled_mm needs every dimension divisible by 16."""
-    import torch.nn as nn
+    from torch import nn
 
     from optimizers.quantize import fp8_shape_ok
 

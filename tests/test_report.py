@@ -7,8 +7,15 @@ import sys
 import pytest
 
 from gpteval.errors import UserError
-from gpteval.report import (QualityBudget, console_table, load_results, render_markdown, summary_rows,
-                            write_reports, write_tensorboard)
+from gpteval.report import (
+    QualityBudget,
+    console_table,
+    load_results,
+    render_markdown,
+    summary_rows,
+    write_reports,
+    write_tensorboard,
+)
 from gpteval.report.fmt import to_toml
 from gpteval.report.verdict import judge, recommendations
 from tests.test_report_fixtures import make_results, merged

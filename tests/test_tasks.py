@@ -8,8 +8,15 @@ import pytest
 
 from gpteval.corpus import split_text
 from gpteval.errors import UserError
-from gpteval.tasks import (CLOZE_CONTEXT_CHARS, CLOZE_ITEMS, bundled_cloze_items,
-                           bundled_cloze_path, dumps_jsonl, load_tasks, make_cloze)
+from gpteval.tasks import (
+    CLOZE_CONTEXT_CHARS,
+    CLOZE_ITEMS,
+    bundled_cloze_items,
+    bundled_cloze_path,
+    dumps_jsonl,
+    load_tasks,
+    make_cloze,
+)
 
 
 def write(tmp_path, lines, name="task.jsonl"):

@@ -35,14 +35,14 @@ def main() -> None:
                          "--steps prefills are profiled")
     args = ap.parse_args()
 
+    # inductor's generated CPU kernels show up in the profile one by one (e.g. each
+    # decode GEMM of a compiled variant) instead of as one opaque compiled region
+    import torch._inductor.config as inductor_config
+
     from gpteval.engine import TorchEngine
     from gpteval.measure.latency import measure_latency
     from gpteval.weights import load_model
     from optimizers import PassContext, parse_pipeline, run_pipeline
-
-    # inductor's generated CPU kernels show up in the profile one by one (e.g. each
-    # decode GEMM of a compiled variant) instead of as one opaque compiled region
-    import torch._inductor.config as inductor_config
 
     inductor_config.cpp.enable_kernel_profile = True
     loaded = load_model(args.model)

@@ -7,7 +7,7 @@ the first token where they part is reported.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as F

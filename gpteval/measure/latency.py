@@ -17,8 +17,8 @@ generator: latency does not depend on what the tokens mean.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 

@@ -117,7 +117,7 @@ def continuation_logprobs(engine: Engine, tokenizer, context: str,
     return logp.double().cpu(), greedy
 
 
-_LAST_WORD = re.compile(r"(.*\S)(\s+\S+)\s*", re.S)
+_LAST_WORD = re.compile(r"(.*\S)(\s+\S+)\s*", re.DOTALL)
 
 
 def split_last_word(text: str) -> tuple[str, str]:

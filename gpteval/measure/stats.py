@@ -9,8 +9,8 @@ Percentiles use linear interpolation between order statistics (numpy's default,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
-from typing import Sequence
 
 import numpy as np
 

@@ -11,7 +11,12 @@ import json
 from gpteval.measure import host
 from gpteval.report import fmt
 from gpteval.report import results as R
-from gpteval.report.verdict import QualityBudget, recommendation_line, recommendations, summary_rows
+from gpteval.report.verdict import (
+    QualityBudget,
+    recommendation_line,
+    recommendations,
+    summary_rows,
+)
 
 PLOTS = (
     ("pareto", "Speed against quality: decode tok/s against the quality lost vs eager "

@@ -8,7 +8,12 @@ from pathlib import Path
 
 from gpteval.report import results as R
 from gpteval.report.markdown import SUMMARY_HEADER, summary_cells
-from gpteval.report.verdict import QualityBudget, recommendation_line, recommendations, summary_rows
+from gpteval.report.verdict import (
+    QualityBudget,
+    recommendation_line,
+    recommendations,
+    summary_rows,
+)
 
 ID_COLUMNS = ["model", "variant", "device", "status", "reason", "backend", "dtype",
               "batch", "prompt_len", "new_tokens"]
