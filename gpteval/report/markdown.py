@@ -68,7 +68,10 @@ DEFINITIONS = (
                             "shared host whose bandwidth swings while the run goes on, it "
                             "holds each round to the bandwidth of its own moment, where "
                             "roofline % holds every variant to the best of the whole run.  "
-                            "Above 100: the variant's kernels read faster than both probes.")),
+                            "Above 100: the variant's kernels read faster than both probes.  "
+                            "How much of the gap no kernel could close (reading a model as "
+                            "dozens of tensors rather than one buffer): "
+                            "tools/roofline_gap.py.")),
     ("cpu_steal_pct", "steal time: the share of the host's CPU time the hypervisor gave to "
                       "other guests while the variant's latency was measured (Linux /proc/stat; "
                       "absent elsewhere).  Above a few percent, speeds from that part of the run "
