@@ -85,10 +85,17 @@ def parse_pipeline(variant: str) -> list[Pass]:
 def check_order(variant: str, passes: list[Pass]) -> None:
     backend = START_BACKEND
     seen: set[str] = set()
+    quantized_by: str | None = None
     for p in passes:
         if p.name in seen and p.name != "finetune":
             raise PassError(f"variant '{variant}' applies '{p.name}' twice; keep one")
         seen.add(p.name)
+        if p.float_weights_only and quantized_by:
+            raise PassError(f"variant '{variant}': '{p.name}' needs plain float weights, and "
+                            f"'{quantized_by}' before it quantizes them; quantize after the "
+                            f"export instead, e.g. '{p.name}+ort-int8'")
+        if p.quantizes:
+            quantized_by = quantized_by or p.spec
         if backend not in p.requires:
             raise PassError(_order_message(variant, p, backend))
         backend = p.produces or backend

@@ -54,6 +54,10 @@ class Pass:
     default: ClassVar[str | None] = None  # the parameter's default when omitted
     requires: ClassVar[tuple[str, ...]] = ("torch",)  # engine backends it accepts
     produces: ClassVar[str | None] = None  # backend it leaves behind (None: unchanged)
+    # leaves quantized weights (tensor subclasses, torch.ao modules) in the model
+    quantizes: ClassVar[bool] = False
+    # needs plain float weights (an exporter): no quantizing pass may come before it
+    float_weights_only: ClassVar[bool] = False
     # max |logit - eager logit| on the tiny test model; None: no parity expected (pruning)
     tolerance: ClassVar[float | None] = 0.0
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")

@@ -242,6 +242,7 @@ class OnnxExport(Pass):
     summary = "export a decode step (dynamo exporter, KV cache as graph inputs) to ONNX Runtime"
     requires = ("torch",)
     produces = "onnx"
+    float_weights_only = True  # the exporter and ORT's quantizers need plain float weights
     tolerance = 1e-4
 
     def available(self, device: str) -> str | None:

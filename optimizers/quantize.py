@@ -133,6 +133,7 @@ def quantize_with_torchao(model: GPT, config, filter_fn=None) -> tuple[int, int]
 
 class Int8Dynamic(Pass):
     name = "int8-dynamic"
+    quantizes = True
     summary = ("int8 weights, activations quantized per call: torch.ao quantize_dynamic on CPU, "
                "torchao Int8DynamicActivationInt8Weight on CUDA")
     tolerance = 0.03  # measured 1.0e-2 (torch.ao, CPU)
@@ -180,6 +181,7 @@ def _left(left: int) -> str:
 
 class Int8WeightOnly(Pass):
     name = "int8-weight-only"
+    quantizes = True
     summary = "int8 per-channel weights, floating-point activations (torchao Int8WeightOnlyConfig)"
     tolerance = 0.01  # measured 3.4e-3
 
@@ -204,6 +206,7 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)
 
 class Int4WeightOnly(Pass):
     name = "int4-weight-only"
+    quantizes = True
     summary = "int4 grouped weights, bf16 activations (torchao Int4WeightOnlyConfig)"
     param = "group size: weights share one scale per this many inputs (32, 64, 128, 256)"
     default = "128"
@@ -275,6 +278,7 @@ def fp8_shape_ok(module: nn.Module, fqn: str = "") -> bool:
 
 class FP8(Pass):
     name = "fp8"
+    quantizes = True
     summary = ("float8 e4m3 weights and per-call activations, per-row scales (torchao); "
                "CUDA compute capability >= 8.9")
     tolerance = 0.2  # not measured here (needs sm_89+): 3-bit mantissa

@@ -39,6 +39,8 @@ def _run_args(tmp_path, ck, variants=("eager",), **kw):
     ("int4-weight-only:abc", "int4-weight-only:abc"),
     ("ort-int8", "put 'onnx' before it"),
     ("onnx+int8-dynamic", "cannot follow"),
+    ("int8-dynamic+onnx", "quantize after the export instead, e.g. 'onnx+ort-int8'"),
+    ("int8-weight-only+prune-2to4+onnx+ort-int4", "'int8-weight-only' before it quantizes"),
     ("eager,eager", "twice"),
     ("bf16+bf16", "twice"),
 ])
