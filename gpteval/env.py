@@ -112,8 +112,8 @@ def gpu_info() -> list[dict] | None:
         gpus.append({"name": p.name, "memory_gb": round(p.total_memory / 1e9, 1),
                      "capability": f"{p.major}.{p.minor}", "sms": p.multi_processor_count})
     try:
-        q = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.max.sm,"
-                            "clocks.mem,power.limit", "--format=csv,noheader"],
+        q = subprocess.run(["nvidia-smi", ("--query-gpu=driver_version,clocks.sm,clocks.max.sm,"
+                            "clocks.mem,power.limit"), "--format=csv,noheader"],
                            capture_output=True, text=True, timeout=10)
         for g, line in zip(gpus, q.stdout.strip().splitlines()):
             drv, sm, sm_max, mem, power = [x.strip() for x in line.split(",")]

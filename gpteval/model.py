@@ -63,11 +63,11 @@ class GPTConfig:
 
 # GPT-2's exact shapes; `tiny` is the bundled byte-level model.
 PRESETS: dict[str, dict] = {
-    "tiny": dict(vocab_size=256, n_positions=256, n_layer=4, n_head=4, n_embd=256),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+    "tiny": {"vocab_size": 256, "n_positions": 256, "n_layer": 4, "n_head": 4, "n_embd": 256},
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768},
+    "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024},
+    "gpt2-large": {"n_layer": 36, "n_head": 20, "n_embd": 1280},
+    "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600},
 }
 
 
@@ -170,12 +170,12 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.n_positions, config.n_embd),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps),
-        ))
+        self.transformer = nn.ModuleDict({
+            "wte": nn.Embedding(config.vocab_size, config.n_embd),
+            "wpe": nn.Embedding(config.n_positions, config.n_embd),
+            "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            "ln_f": nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps),
+        })
         # lm_head shares the token embedding (GPT-2 ties them); passes may untie it.
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
@@ -270,7 +270,7 @@ class GPT(nn.Module):
     # ---- training / perplexity -------------------------------------------------------
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """Full-sequence logits (B, T, V); with targets also the mean cross-entropy."""
-        B, T = idx.shape
+        T = idx.shape[1]
         if T > self.config.n_positions:
             raise ValueError(f"sequence of {T} tokens exceeds n_positions={self.config.n_positions}")
         pos = torch.arange(T, device=idx.device)

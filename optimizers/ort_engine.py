@@ -231,9 +231,9 @@ class OrtEngine(Engine):
 
     def describe(self) -> dict:
         return {"backend": self.backend, "device": self.device, "dtype": self.dtype,
-                "notes": self.notes + [f"onnxruntime {_ort_version()} {self.provider}, graph "
+                "notes": self.notes + [(f"onnxruntime {_ort_version()} {self.provider}, graph "
                                        f"optimization ALL, {self.threads} intra-op "
-                                       "threads"]}
+                                       "threads")]}
 
 
 def _int64_numpy(ids: torch.Tensor):

@@ -77,7 +77,7 @@ def test_interrupt_then_resume(study, tmp_path):
         time.sleep(0.2)
     time.sleep(2.0)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    _stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     data = json.loads(results_path.read_text())

@@ -161,8 +161,8 @@ def test_console_table_shows_rows_and_recommendation(results):
      ["bad.json", "schema_version is 99", "reads schema_version 1"]),
     ('{"results": []}', ["bad.json", "no schema_version"]),
     ('{"schema_version": 1, "results": [{"model": "m"}]}', ["bad.json", "results[0] has no 'variant'"]),
-    ('{"schema_version": 1, "results": '
-     '[{"model": "m", "variant": "v", "device": "cpu", "status": "done"}]}',
+    (('{"schema_version": 1, "results": '
+     '[{"model": "m", "variant": "v", "device": "cpu", "status": "done"}]}'),
      ["bad.json", "status 'done'"]),
 ])
 def test_load_results_errors_name_the_file(tmp_path, content, words):

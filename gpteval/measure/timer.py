@@ -14,6 +14,7 @@ reached, optionally capped by a maximum count.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -56,8 +57,8 @@ class Clock:
             self.sync()
             marks[-1].synchronize()
             # elapsed_time is in milliseconds
-            return [a.elapsed_time(b) / 1000.0 for a, b in zip(marks, marks[1:])]
-        return [b - a for a, b in zip(marks, marks[1:])]
+            return [a.elapsed_time(b) / 1000.0 for a, b in itertools.pairwise(marks)]
+        return [b - a for a, b in itertools.pairwise(marks)]
 
 
 def repeat(fn: Callable[[], T], warmup: int, min_count: int, min_time_s: float,

@@ -19,40 +19,40 @@ from gpteval.report.verdict import (
 )
 
 PLOTS = (
-    ("pareto", "Speed against quality: decode tok/s against the quality lost vs eager "
-               "(ppl Δ %, or KL when perplexity is not measured); the line joins the Pareto front."),
-    ("latency", "Distribution of single decode-step times per variant "
-                "(box: quartiles, whiskers: 1.5 IQR)."),
+    ("pareto", ("Speed against quality: decode tok/s against the quality lost vs eager "
+               "(ppl Δ %, or KL when perplexity is not measured); the line joins the Pareto front.")),
+    ("latency", ("Distribution of single decode-step times per variant "
+                "(box: quartiles, whiskers: 1.5 IQR).")),
     ("memory", "Peak resident memory of each variant's process and the size of its weights."),
 )
 
 # One line per metric: what the number means (DESIGN.md "Metric definitions").
 DEFINITIONS = (
     ("decode tok/s", "batch × 1000 / median tpot_ms: generated tokens per second after the first."),
-    ("speedup", "decode tok/s over `eager` on the same model and device; 95 % CI by seeded bootstrap "
-                "(2,000 resamples) of the ratio of median tpot_ms."),
+    ("speedup", ("decode tok/s over `eager` on the same model and device; 95 % CI by seeded bootstrap "
+                "(2,000 resamples) of the ratio of median tpot_ms.")),
     ("tpot_ms", "time per output token after the first, (total − ttft) / (N − 1), median of repeats."),
-    ("TTFT ms (ttft_ms)", "time from the call with the prompt to the first token's logits, median; "
+    ("TTFT ms (ttft_ms)", ("time from the call with the prompt to the first token's logits, median; "
      "every engine computes the logits of the last prompt position only, as generation does "
-     "(Hugging Face generate(): logits_to_keep=1)."),
+     "(Hugging Face generate(): logits_to_keep=1).")),
     ("decode_step_ms", "wall time of one decode step; p50/p90/p99 of all steps."),
-    ("peak RSS MB (peak_rss_mb)", "peak resident memory (VmHWM) of the variant's own process "
-     "while it is measured (after loading and optimizing), MiB (2²⁰ bytes)."),
-    ("weights MB (weights_mb)", "bytes of the weights the engine holds in memory (second "
+    ("peak RSS MB (peak_rss_mb)", ("peak resident memory (VmHWM) of the variant's own process "
+     "while it is measured (after loading and optimizing), MiB (2²⁰ bytes).")),
+    ("weights MB (weights_mb)", ("bytes of the weights the engine holds in memory (second "
      "copies included: an untied lm_head, and the oneDNN-packed CPU weights compile keeps "
      "beside the dense ones its graph reads; eager-mode variants hold them instead), with its "
      "static KV cache buffers at the primary batch (PyTorch and ONNX Runtime engines alike; a "
      "dynamic cache that grows per step, as the hf peer's, is not counted), MiB (2²⁰ bytes); "
-     "artifact_mb likewise for exported files."),
-    ("ppl", "token-level perplexity over the evaluation text, sliding window (context C, stride S, "
-            "only tokens beyond the overlap scored)."),
+     "artifact_mb likewise for exported files.")),
+    ("ppl", ("token-level perplexity over the evaluation text, sliding window (context C, stride S, "
+            "only tokens beyond the overlap scored).")),
     ("Δppl", "ppl relative to `eager` on the same model and device, in percent."),
     ("bpb", "bits per byte of the same text: total NLL / ln 2 / bytes; comparable across tokenizers."),
     ("next_token_acc", "top-1 next-token accuracy over the same text."),
     ("top-1 (top1_agree)", "fraction of positions where the variant's argmax token equals `eager`'s."),
     ("KL (kl_mean)", "mean KL(eager ‖ variant) of the next-token distributions, in nats."),
     ("max_abs_logit_diff", "largest absolute logit difference from `eager`."),
-    ("roofline %", "achieved weight bandwidth (bytes of weights one decode step reads — "
+    ("roofline %", ("achieved weight bandwidth (bytes of weights one decode step reads — "
                    "embedding tables only gathered are left out — × decode steps/s) over this "
                    "device's measured memory bandwidth: the best of a GEMV, a reduction and a copy over "
                    "256 MiB (CPU) or 1 GiB (CUDA), measured at the start and at the end of the run "
@@ -60,7 +60,7 @@ DEFINITIONS = (
                    "of them counts, listed under Environment; an engine's static KV "
                    "cache counts as read at its full length (a dynamic cache does not: a lower "
                    "bound for the hf peer).  In parentheses, where measured: "
-                   "roofline_paired_pct."),
+                   "roofline_paired_pct.")),
     ("roofline_paired_pct", ("each latency round's achieved weight bandwidth over the memory "
                             "bandwidth measured right before and after that round (the better "
                             "of a reduction and a copy over 256 MiB; bandwidth_probe_gbs, the "
@@ -72,23 +72,23 @@ DEFINITIONS = (
                             "How much of the gap no kernel could close (reading a model as "
                             "dozens of tensors rather than one buffer): "
                             "tools/roofline_gap.py.")),
-    ("cpu_steal_pct", "steal time: the share of the host's CPU time the hypervisor gave to "
+    ("cpu_steal_pct", ("steal time: the share of the host's CPU time the hypervisor gave to "
                       "other guests while the variant's latency was measured (Linux /proc/stat; "
                       "absent elsewhere).  Above a few percent, speeds from that part of the run "
                       "are disturbed and ratios between variants measured at different moments "
-                      "swing with it."),
-    ("acc_<task>", "task accuracy from a local JSONL file (last-word cloze, or multiple choice by "
-                   "log-likelihood)."),
-    ("verdict", "accepted when within the quality budget; the recommendation is the fastest "
-                "accepted variant."),
+                      "swing with it.")),
+    ("acc_<task>", ("task accuracy from a local JSONL file (last-word cloze, or multiple choice by "
+                   "log-likelihood).")),
+    ("verdict", ("accepted when within the quality budget; the recommendation is the fastest "
+                "accepted variant.")),
 )
 
 BATCH_DEFINITION = (
-    "`<metric>_b<B>`", "a latency metric (ttft_ms, tpot_ms, decode_tok_s, prefill_tok_s, "
+    "`<metric>_b<B>`", ("a latency metric (ttft_ms, tpot_ms, decode_tok_s, prefill_tok_s, "
     "bandwidth_gbs, roofline_pct, roofline_paired_pct, flops_pct, cpu_steal_pct) measured the same way at batch size B, a further "
     "entry of latency.batch (after one untimed generation at that shape); the plain names are at "
     "the first.  A decode step reads the weights once for the whole batch, so bandwidth_gbs and "
-    "roofline % count them once per step.")
+    "roofline % count them once per step."))
 
 # (metric, column title, digits) of the Batch sizes table, repeated for every batch size
 BATCH_COLUMNS = (("decode_tok_s", "decode tok/s", 1), ("tpot_ms", "tpot_ms", 2),
@@ -298,8 +298,8 @@ def render_markdown(results: dict, budget: QualityBudget | None = None, plots: b
     if run.get("interrupted"):
         out += ["> **Interrupted run:** some variants were not measured; the tables show what finished.",
                 ""]
-    out += [f"Quality budget: {budget.describe()} (same model, same device). "
-            "Rows are sorted by decode speed; the recommended variant is in bold.", ""]
+    out += [(f"Quality budget: {budget.describe()} (same model, same device). "
+            "Rows are sorted by decode speed; the recommended variant is in bold."), ""]
     if not entries:
         out += ["No results were recorded.", ""]
     for model in R.order_of_appearance(e["model"] for e in entries):
