@@ -16,7 +16,9 @@ decode   decode_nbytes / median TPOT, as the harness computes `bandwidth_gbs`.
 decode/tensors is what the variant's kernels and per-step overhead leave on the table;
 tensors/probe is what reading the model tensor by tensor, in a typical moment rather than
 the probe's best one, costs before any kernel runs.  On a shared host the bandwidth moves
-between rounds, so only ratios within a round mean something.  Meant for float32 variants
+between rounds, so only ratios within a round mean something.  A model whose
+decode reads fit in the last-level cache (`tiny`: 13 MB) reads faster than the probe: use
+`gpt2` or larger.  Meant for float32 variants
 (an ONNX Runtime engine is held to the reference model's tensors, which its export shares).
 """
 
