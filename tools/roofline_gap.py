@@ -5,13 +5,15 @@ kernel could close: the evidence behind `roofline_pct` / `roofline_paired_pct` o
 
 Builds the variant as `gpteval run` does, then, round after round, measures side by side:
 
-probe    the harness's bandwidth probe (`bandwidth_probe_gbs`: best of repeated reductions
-         and copies over one 256 MiB buffer), what `roofline_paired_pct` holds a round to;
+probe    the harness's bandwidth probes right before and after the round's latency
+         measurement (`bandwidth_probe_gbs`: best of repeated reductions and copies over one
+         256 MiB buffer), the better of the two: what `roofline_paired_pct` holds it to;
 buffer   one reduction over a single buffer as large as a decode step's reads (median of 3);
 tensors  the same reduction over the decode's own large tensors (weight matrices, KV cache;
          all but <1 % of its bytes) one by one, in the model's order (median of 3): how fast
          a plain kernel that reads each tensor once, a call per tensor, streams them;
-decode   decode_nbytes / median TPOT, as the harness computes `bandwidth_gbs`.
+decode   `bandwidth_gbs`: decode_nbytes / median TPOT.
+The probes and the decode come from the harness's own `latency_at_batch`.
 
 decode/tensors is what the variant's kernels and per-step overhead leave on the table;
 tensors/probe is what reading the model tensor by tensor, in a typical moment rather than
@@ -79,7 +81,7 @@ def main() -> None:
 
     from gpteval.engine import TorchEngine
     from gpteval.measure.ceilings import bandwidth_probe_gbs
-    from gpteval.measure.latency import measure_latency
+    from gpteval.measure.latency import latency_at_batch
     from gpteval.weights import load_model
     from optimizers import PassContext, parse_pipeline, run_pipeline
 
@@ -108,14 +110,19 @@ def main() -> None:
     print(f"{'round':>5} {'probe':>7} {'buffer':>7} {'tensors':>7} {'decode':>7}  GB/s   "
           f"{'dec/probe':>9} {'dec/tens':>8} {'tens/probe':>10}")
     ratios: dict[str, list[float]] = {"dec/probe": [], "dec/tens": [], "tens/probe": []}
+    protocol = {"prompt_len": args.prompt, "new_tokens": args.steps + 1, "warmup": 1,
+                "min_repeats": 2, "min_time_s": 0.5}
+    # a measured ceiling makes latency_at_batch probe beside the round, as in a run, so the
+    # round is paired exactly as roofline_paired_pct pairs it (the better of the two probes)
+    ceilings = {"memory_bandwidth_gbs": bandwidth_probe_gbs()}
     for r in range(args.rounds):
-        before = bandwidth_probe_gbs()
         in_buffer = _median_gbs(lambda: buffer.sum(), buffer.numel() * 4)
         in_tensors = _median_gbs(one_by_one, tensor_bytes)
-        lat = measure_latency(engine, 1, args.prompt, args.steps + 1, warmup=1,
-                              min_repeats=2, min_time_s=0.5)
-        decode = nbytes / (lat.tpot_ms.median / 1e3) / 1e9
-        probe = (before + bandwidth_probe_gbs()) / 2  # as roofline_paired_pct pairs a round
+        m = latency_at_batch(engine, 1, protocol, ceilings=ceilings)["metrics"]
+        decode, probe = m["bandwidth_gbs"], m["bandwidth_probe_gbs"]
+        if probe is None:
+            raise SystemExit("no bandwidth probe could be taken here (it needs Linux's "
+                             "/proc/self/clear_refs to keep its buffers out of peak RSS)")
         row = {"dec/probe": decode / probe, "dec/tens": decode / in_tensors,
                "tens/probe": in_tensors / probe}
         for k, v in row.items():
