@@ -32,6 +32,7 @@ REGISTRY: dict[str, str] = {
     "ort-int8": "optimizers.onnx:OrtInt8",
     "ort-int4": "optimizers.onnx:OrtInt4",
     "compile": "optimizers.compile:Compile",
+    "fused-decode": "optimizers.fused_decode:FusedDecode",
     "tensorrt": "optimizers.tensorrt:TensorRT",
 }
 

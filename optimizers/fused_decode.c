@@ -1,0 +1,202 @@
+/* One GPT-2 decode step in a single OpenMP parallel region (the `fused-decode` pass).
+ *
+ * Why: batch-1 decode is a stream of weight reads.  Run as one kernel per op, every op
+ * boundary makes the threads join and start new streams; on a 2-core host that cost
+ * 8-23 % of the bandwidth a single stream gets (tools/roofline_gap.py).  Here a layer is
+ * two phases with one barrier each and no op boundary inside them:
+ *   attention: thread t owns whole heads: q, k, v of its heads (LN1 recomputed by every
+ *     thread, 768 floats), their attention over the cache, and their rows of c_proj,
+ *     added into a per-thread partial output (split-K);
+ *   MLP: thread t owns a slice of the hidden units: c_fc columns, gelu, and the same
+ *     rows of the second projection, into its partial output.
+ * After the barrier every thread adds the partials in the same order into its own copy
+ * of the residual stream (identical on every thread), so no other barrier is needed.
+ * Partial buffers alternate between phases: a thread can only be one phase ahead.
+ *
+ * Weights come laid out by optimizers/fused_decode.py: matrices a thread reads column-
+ * wise are stored as panels of NB columns ([n/NB][K][NB], zero-padded), so each thread
+ * streams contiguous memory; row-wise matrices (c_proj, mlp.c_proj) stay (in, out).
+ * Sums are float32 like the reference; only their order differs (~1e-6 in logits).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <omp.h>
+
+#define NB 16
+typedef float v16 __attribute__((vector_size(NB * sizeof(float)), aligned(4)));
+
+typedef struct {
+    const float *ln1_w, *ln1_b, *w_qkv, *b_qkv, *w_o, *b_o;
+    const float *ln2_w, *ln2_b, *w_fc, *b_fc, *w_fc2, *b_fc2;
+    float *k_cache, *v_cache; /* (batch, n_head, max_len, hs) */
+} Layer;
+
+typedef struct {
+    int64_t n_layer, C, n_head, hs, H, V, max_len, batch, max_threads;
+    float eps;
+    const float *wte, *wpe, *lnf_w, *lnf_b, *w_head; /* w_head: panels of the (C, V) head */
+    Layer *layers;
+    float *scratch;  /* max_threads * scratch_floats(): per-thread work buffers */
+    float *partials; /* 2 * max_threads * batch * C */
+} Model;
+
+static inline void split(int64_t n, int t, int nt, int64_t *lo, int64_t *hi) {
+    *lo = n * t / nt;
+    *hi = n * (t + 1) / nt;
+}
+
+/* out[0..NB) = x[0..K) @ panel (K rows of NB floats) */
+static inline void gemv_panel(const float *x, const float *w, int64_t K, float *out) {
+    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    int64_t i = 0;
+    for (; i + 4 <= K; i += 4) {
+        a0 += x[i] * *(const v16 *)(w + i * NB);
+        a1 += x[i + 1] * *(const v16 *)(w + (i + 1) * NB);
+        a2 += x[i + 2] * *(const v16 *)(w + (i + 2) * NB);
+        a3 += x[i + 3] * *(const v16 *)(w + (i + 3) * NB);
+    }
+    for (; i < K; i++) a0 += x[i] * *(const v16 *)(w + i * NB);
+    v16 s = (a0 + a1) + (a2 + a3);
+    memcpy(out, &s, sizeof s);
+}
+
+static inline void axpy(float *y, float a, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void layer_norm(const float *x, const float *w, const float *b, int64_t n, float eps,
+                       float *out) {
+    float mean = 0.f, var = 0.f;
+    for (int64_t i = 0; i < n; i++) mean += x[i];
+    mean /= (float)n;
+    for (int64_t i = 0; i < n; i++) { float d = x[i] - mean; var += d * d; }
+    float rstd = 1.f / sqrtf(var / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
+static inline float gelu_tanh(float x) {
+    const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+    return 0.5f * x * (1.f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+static inline int64_t panels(int64_t n) { return (n + NB - 1) / NB; }
+
+/* floats of per-thread scratch: residual x, normed xn (batch x C each), q/k/v of a head
+ * (3 x hs, padded), a head's output (hs), attention scores (max_len), a gemv panel (NB) */
+int64_t gpteval_scratch_floats(const Model *m) {
+    return 2 * m->batch * m->C + 3 * panels(m->hs) * NB + m->hs + m->max_len + NB;
+}
+
+/* Adds the phase's partials and bias into every thread's residual stream. */
+static void reduce_partials(const Model *m, const float *part, int nt, const float *bias,
+                            float *x) {
+    int64_t BC = m->batch * m->C;
+    for (int64_t b = 0; b < m->batch; b++) {
+        float *xb = x + b * m->C;
+        for (int u = 0; u < nt; u++) {
+            const float *pb = part + u * BC + b * m->C;
+            for (int64_t c = 0; c < m->C; c++) xb[c] += pb[c];
+        }
+        for (int64_t c = 0; c < m->C; c++) xb[c] += bias[c];
+    }
+}
+
+static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64_t pos,
+                            float *xn, float *qkv, float *yh, float *scores, float *part) {
+    const int64_t C = m->C, hs = m->hs, nh = m->n_head, width = nh * hs;
+    const int64_t hp = panels(hs); /* panels per head and per q/k/v */
+    const float scale = 1.f / sqrtf((float)hs);
+    int64_t h0, h1;
+    split(nh, t, nt, &h0, &h1);
+    for (int64_t h = h0; h < h1; h++) {
+        for (int64_t b = 0; b < m->batch; b++) {
+            const float *xb = xn + b * C;
+            for (int64_t s = 0; s < 3; s++) { /* q, k, v of head h */
+                const float *w = L->w_qkv + ((h * 3 + s) * hp) * C * NB;
+                for (int64_t p = 0; p < hp; p++) gemv_panel(xb, w + p * C * NB, C, qkv + s * hp * NB + p * NB);
+                for (int64_t j = 0; j < hs; j++) qkv[s * hp * NB + j] += L->b_qkv[s * width + h * hs + j];
+            }
+            const float *q = qkv;
+            int64_t base = ((b * nh + h) * m->max_len) * hs;
+            float *kc = L->k_cache + base, *vc = L->v_cache + base;
+            memcpy(kc + pos * hs, qkv + hp * NB, hs * sizeof(float));
+            memcpy(vc + pos * hs, qkv + 2 * hp * NB, hs * sizeof(float));
+            float mx = -INFINITY;
+            for (int64_t p = 0; p <= pos; p++) {
+                const float *kp = kc + p * hs;
+                float s = 0.f;
+                for (int64_t j = 0; j < hs; j++) s += q[j] * kp[j];
+                s *= scale;
+                scores[p] = s;
+                if (s > mx) mx = s;
+            }
+            float denom = 0.f;
+            for (int64_t p = 0; p <= pos; p++) { scores[p] = expf(scores[p] - mx); denom += scores[p]; }
+            for (int64_t j = 0; j < hs; j++) yh[j] = 0.f;
+            for (int64_t p = 0; p <= pos; p++) axpy(yh, scores[p] / denom, vc + p * hs, hs);
+            float *pb = part + b * C;
+            for (int64_t j = 0; j < hs; j++) axpy(pb, yh[j], L->w_o + (h * hs + j) * C, C);
+        }
+    }
+}
+
+static void mlp_phase(const Model *m, const Layer *L, int t, int nt, const float *xn,
+                      float *hpanel, float *part) {
+    const int64_t C = m->C, H = m->H;
+    int64_t p0, p1;
+    split(panels(H), t, nt, &p0, &p1);
+    for (int64_t p = p0; p < p1; p++) {
+        for (int64_t b = 0; b < m->batch; b++) {
+            gemv_panel(xn + b * C, L->w_fc + p * C * NB, C, hpanel);
+            float *pb = part + b * C;
+            for (int64_t j = 0; j < NB && p * NB + j < H; j++) {
+                float h = gelu_tanh(hpanel[j] + L->b_fc[p * NB + j]);
+                axpy(pb, h, L->w_fc2 + (p * NB + j) * C, C);
+            }
+        }
+    }
+}
+
+/* logits (batch, V) of tokens (batch,) at position pos, advancing every layer's cache.
+ * Returns 0, or -1 when called with more threads than the scratch was sized for. */
+int gpteval_decode_step(const Model *m, const int64_t *tokens, const int64_t *pos_p,
+                        float *logits, int nthreads) {
+    if (nthreads < 1 || nthreads > m->max_threads) return -1;
+    const int64_t C = m->C, B = m->batch, pos = *pos_p;
+    const int64_t per_thread = gpteval_scratch_floats(m);
+#pragma omp parallel num_threads(nthreads)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        float *x = m->scratch + t * per_thread, *xn = x + B * C, *qkv = xn + B * C;
+        float *yh = qkv + 3 * panels(m->hs) * NB, *scores = yh + m->hs, *hpanel = scores + m->max_len;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t c = 0; c < C; c++)
+                x[b * C + c] = m->wte[tokens[b] * C + c] + m->wpe[pos * C + c];
+        int phase = 0;
+        for (int64_t l = 0; l < m->n_layer; l++) {
+            const Layer *L = &m->layers[l];
+            for (int pass = 0; pass < 2; pass++, phase++) {
+                float *parts = m->partials + (phase & 1) * m->max_threads * B * C;
+                float *part = parts + t * B * C;
+                memset(part, 0, B * C * sizeof(float));
+                for (int64_t b = 0; b < B; b++)
+                    layer_norm(x + b * C, pass ? L->ln2_w : L->ln1_w, pass ? L->ln2_b : L->ln1_b,
+                               C, m->eps, xn + b * C);
+                if (pass == 0) attention_phase(m, L, t, nt, pos, xn, qkv, yh, scores, part);
+                else mlp_phase(m, L, t, nt, xn, hpanel, part);
+#pragma omp barrier
+                reduce_partials(m, parts, nt, pass ? L->b_fc2 : L->b_o, x);
+            }
+        }
+        for (int64_t b = 0; b < B; b++) layer_norm(x + b * C, m->lnf_w, m->lnf_b, C, m->eps, xn + b * C);
+        int64_t p0, p1;
+        split(panels(m->V), t, nt, &p0, &p1);
+        for (int64_t p = p0; p < p1; p++)
+            for (int64_t b = 0; b < B; b++) {
+                gemv_panel(xn + b * C, m->w_head + p * C * NB, C, hpanel);
+                for (int64_t j = 0; j < NB && p * NB + j < m->V; j++) logits[b * m->V + p * NB + j] = hpanel[j];
+            }
+    }
+    return 0;
+}

@@ -1,0 +1,305 @@
+"""fused-decode: the whole float32 decode step as one C kernel, one parallel region.
+
+Batch-1 decode streams every weight once.  Run op by op (eager, inductor, ONNX Runtime),
+each op boundary makes the threads join and start new memory streams; on a 2-core host
+that measured 8-23 % of a single stream's bandwidth (tools/roofline_gap.py: the model's
+tensors read one call each against one buffer of the same size).  fused_decode.c runs
+a layer as two phases with one barrier each (attention heads, MLP hidden units, each
+thread streaming its own contiguous slice of the weights) and reads only the cache
+positions written so far.  Same float32 math as the reference: sums in another order
+(split-K partials, four accumulators), logits within ~1e-6 of eager on GPT-2.
+
+What changes is `decode` only.  Prefill and the teacher-forced forward stay eager, on the
+oneDNN-packed weights `eager` is measured with (the kernel is a matrix-vector product:
+at 128 prompt rows oneDNN's GEMM is the right tool).  The kernel's weights are a copy laid
+out for it (panels of 16 columns for column-wise reads, zero-padded), held beside the
+packed ones: +the model's size in memory, counted in weights MB.
+
+The C source ships with the package and is compiled at the first use with the host's C
+compiler (`-O3 -march=native -fopenmp`), cached under ~/.cache/gpteval/kernels by the
+hash of source, compiler and flags.  It links the same OpenMP runtime torch loaded
+(libgomp.so.1), so it shares torch's thread pool and thread count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gpteval.engine import Engine, TorchEngine
+from gpteval.model import GPT, Conv1D, LinearHead, TransposedHead
+
+from .base import Pass, PassContext, PassError, pack_for_cpu, require_torch_engine
+
+SOURCE = Path(__file__).with_name("fused_decode.c")
+NB = 16  # panel width; must match NB in fused_decode.c
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+_lib_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+
+
+def compiler() -> str | None:
+    """The C compiler the kernel is built with: $CC, else cc or gcc on PATH."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    return cc if cc and shutil.which(cc) else None
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("GPTEVAL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gpteval")
+    return Path(base) / "kernels"
+
+
+def build() -> ctypes.CDLL:
+    """The compiled kernel library (built once per source, compiler and flags)."""
+    global _lib
+    with _lib_lock:
+        if _lib is not None:
+            return _lib
+        cc = compiler()
+        if cc is None:
+            raise PassError("fused-decode needs a C compiler to build its kernel; install gcc "
+                            "or set CC")
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+        key = hashlib.sha256(SOURCE.read_bytes() + version.encode()
+                             + " ".join(CFLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
+        out = cache_dir() / f"fused_decode-{key}.so"
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(f".{os.getpid()}.tmp")
+            proc = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", str(tmp), "-lm"],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"building {SOURCE.name} failed:\n{proc.stderr[-2000:]}")
+            os.replace(tmp, out)  # atomic: a concurrent build never loads half a file
+        lib = ctypes.CDLL(str(out))
+        lib.gpteval_decode_step.restype = ctypes.c_int
+        lib.gpteval_decode_step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int]
+        lib.gpteval_scratch_floats.restype = ctypes.c_int64
+        lib.gpteval_scratch_floats.argtypes = [ctypes.c_void_p]
+        _lib = lib
+        return lib
+
+
+def _cpu_id() -> str:
+    """-march=native code runs on the CPU it was built for: the cache key names it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+_P = ctypes.c_void_p
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(n, _P) for n in ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w",
+                                  "ln2_b", "w_fc", "b_fc", "w_fc2", "b_fc2", "k_cache",
+                                  "v_cache")]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = ([(n, ctypes.c_int64) for n in ("n_layer", "C", "n_head", "hs", "H", "V",
+                                              "max_len", "batch", "max_threads")]
+                + [("eps", ctypes.c_float)]
+                + [(n, _P) for n in ("wte", "wpe", "lnf_w", "lnf_b", "w_head", "layers",
+                                     "scratch", "partials")])
+
+
+def _pad_cols(w: torch.Tensor, n: int) -> torch.Tensor:
+    """w (..., k) zero-padded to (..., n) columns."""
+    return torch.nn.functional.pad(w, (0, n - w.shape[-1])) if n > w.shape[-1] else w
+
+
+def _panels(w_in_out: torch.Tensor) -> torch.Tensor:
+    """(K, N) -> (ceil(N/NB), K, NB): column panels, each contiguous."""
+    k, n = w_in_out.shape
+    np_ = -(-n // NB)
+    return _pad_cols(w_in_out, np_ * NB).reshape(k, np_, NB).permute(1, 0, 2)
+
+
+def _dense(w: torch.Tensor, what: str) -> torch.Tensor:
+    if type(w) not in (torch.Tensor, nn.Parameter) or w.dtype != torch.float32 \
+            or w.layout != torch.strided or w.device.type != "cpu":
+        raise PassError(f"fused-decode runs float32 weights on the CPU; {what} is "
+                        f"{type(w).__name__} {w.dtype} on {w.device.type}: put fused-decode "
+                        "before quantizing or dtype passes, or leave them out")
+    return w.detach()
+
+
+def _head_in_out(model: GPT) -> torch.Tensor:
+    head = model.lm_head
+    if isinstance(head, TransposedHead):
+        return _dense(head.weight_t, "lm_head")
+    if isinstance(head, (nn.Linear, LinearHead)) and getattr(head, "bias", None) is None:
+        return _dense(head.weight, "lm_head").t()
+    raise PassError(f"fused-decode needs a plain float32 lm_head, not {type(head).__name__}")
+
+
+class WeightArena:
+    """The kernel's copy of a model's weights, one allocation in the order a step reads
+    them (each piece 64-byte aligned), and the pointers to each piece."""
+
+    def __init__(self, model: GPT) -> None:
+        pieces: list[tuple[str, torch.Tensor]] = []
+        for i, block in enumerate(model.transformer.h):
+            attn, mlp = block.attn, block.mlp
+            for m in (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj):
+                if not isinstance(m, Conv1D):
+                    raise PassError(f"fused-decode needs the reference model's projections; "
+                                    f"layer {i} holds {type(m).__name__}")
+            nh = attn.n_head
+            w_qkv = _dense(attn.c_attn.weight, "c_attn")
+            c, three_w = w_qkv.shape
+            hs = three_w // 3 // nh
+            hp = -(-hs // NB)
+            # (C, 3, nh, hs) -> (nh, 3, panels, C, NB): a head's q, k, v panels together
+            qkv = _pad_cols(w_qkv.reshape(c, 3, nh, hs), hp * NB)
+            qkv = qkv.reshape(c, 3, nh, hp, NB).permute(2, 1, 3, 0, 4)
+            w_fc = _dense(mlp.c_fc.weight, "c_fc")
+            hidden = w_fc.shape[1]
+            b_fc = _pad_cols(mlp.c_fc.bias.detach(), -(-hidden // NB) * NB)
+            pieces += [(f"{i}.ln1_w", block.ln_1.weight), (f"{i}.ln1_b", block.ln_1.bias),
+                       (f"{i}.w_qkv", qkv), (f"{i}.b_qkv", attn.c_attn.bias),
+                       (f"{i}.w_o", _dense(attn.c_proj.weight, "attn.c_proj")),
+                       (f"{i}.b_o", attn.c_proj.bias),
+                       (f"{i}.ln2_w", block.ln_2.weight), (f"{i}.ln2_b", block.ln_2.bias),
+                       (f"{i}.w_fc", _panels(w_fc)), (f"{i}.b_fc", b_fc),
+                       (f"{i}.w_fc2", _dense(mlp.c_proj.weight, "mlp.c_proj")),
+                       (f"{i}.b_fc2", mlp.c_proj.bias)]
+        ln_f = model.transformer.ln_f
+        pieces += [("lnf_w", ln_f.weight), ("lnf_b", ln_f.bias),
+                   ("w_head", _panels(_head_in_out(model)))]
+        align = 16  # floats: 64 bytes
+        offsets, total = {}, 0
+        for name, t in pieces:
+            offsets[name] = total
+            total += -(-t.numel() // align) * align
+        self.buffer = torch.zeros(total, dtype=torch.float32)
+        for name, t in pieces:
+            self.buffer[offsets[name]:offsets[name] + t.numel()].view(t.shape).copy_(t)
+        base = self.buffer.data_ptr()
+        self.ptr = {name: base + 4 * off for name, off in offsets.items()}
+        self.hs, self.hidden = hs, hidden
+
+    @property
+    def nbytes(self) -> int:
+        return self.buffer.numel() * 4
+
+
+class FusedDecoder:
+    """Callable decode step `(token (B, 1), pos (1,)) -> logits (B, V)` over a model's KV
+    cache, running fused_decode.c."""
+
+    def __init__(self, model: GPT) -> None:
+        self.lib = build()
+        self.model = model
+        self.arena = WeightArena(model)
+        self._shape: tuple | None = None
+
+    def _setup(self, threads: int) -> None:
+        m, cfg, a = self.model, self.model.config, self.arena
+        blocks = m.transformer.h
+        shape = (m.max_batch, m.max_len, threads, blocks[0].attn.kv_cache.k.data_ptr())
+        if shape == self._shape:
+            return
+        layers = (_Layer * len(blocks))()
+        for i, block in enumerate(blocks):
+            for f in ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w", "ln2_b",
+                      "w_fc", "b_fc", "w_fc2", "b_fc2"):
+                setattr(layers[i], f, a.ptr[f"{i}.{f}"])
+            cache = block.attn.kv_cache
+            if not (cache.k.is_contiguous() and cache.k.dtype == torch.float32):
+                raise RuntimeError("fused-decode needs a contiguous float32 KV cache")
+            layers[i].k_cache, layers[i].v_cache = cache.k.data_ptr(), cache.v.data_ptr()
+        s = _Model(n_layer=len(blocks), C=cfg.n_embd, n_head=blocks[0].attn.n_head, hs=a.hs,
+                   H=a.hidden, V=cfg.vocab_size, max_len=m.max_len, batch=m.max_batch,
+                   max_threads=threads, eps=cfg.layer_norm_eps,
+                   wte=m.transformer.wte.weight.data_ptr(),
+                   wpe=m.transformer.wpe.weight.data_ptr(), lnf_w=a.ptr["lnf_w"],
+                   lnf_b=a.ptr["lnf_b"], w_head=a.ptr["w_head"],
+                   layers=ctypes.cast(layers, _P))
+        per_thread = self.lib.gpteval_scratch_floats(ctypes.byref(s))
+        self._scratch = torch.zeros(threads * per_thread, dtype=torch.float32)
+        self._partials = torch.zeros(2 * threads * m.max_batch * cfg.n_embd, dtype=torch.float32)
+        s.scratch, s.partials = self._scratch.data_ptr(), self._partials.data_ptr()
+        self._layers, self._struct, self._shape = layers, s, shape
+
+    def __call__(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        threads = torch.get_num_threads()
+        self._setup(threads)
+        p = int(pos[0])
+        if not 0 <= p < m.max_len or token.shape != (m.max_batch, 1):
+            raise ValueError(f"decode at position {p} with tokens {tuple(token.shape)}: the "
+                             f"cache holds {m.max_batch} x {m.max_len}")
+        token = token.to(torch.int64).contiguous()
+        pos = pos.to(torch.int64).contiguous()
+        out = torch.empty(m.max_batch, m.config.vocab_size, dtype=torch.float32)
+        rc = self.lib.gpteval_decode_step(ctypes.byref(self._struct), token.data_ptr(),
+                                          pos.data_ptr(), out.data_ptr(), threads)
+        if rc != 0:
+            raise RuntimeError(f"fused decode step failed ({rc})")
+        return out
+
+
+class FusedDecodeEngine(TorchEngine):
+    """A TorchEngine whose decode runs fused_decode.c; prefill and forward stay eager."""
+
+    backend = "fused"
+
+    def __init__(self, te: TorchEngine) -> None:
+        super().__init__(te.model, te.device)
+        self.notes = te.notes
+        self.decoder = FusedDecoder(te.model)
+        self.decode_fn = self.decoder
+
+    def nbytes(self) -> int:
+        return super().nbytes() + self.decoder.arena.nbytes
+
+
+class FusedDecode(Pass):
+    name = "fused-decode"
+    summary = "the float32 decode step as one C kernel in one parallel region (CPU)"
+    produces = "fused"
+    float_weights_only = True
+    tolerance = 1e-4  # same math, another summation order
+    devices = ("cpu",)
+
+    def available(self, device: str) -> str | None:
+        if sys.platform != "linux":
+            return f"fused-decode builds its kernel with gcc and OpenMP on Linux, not {sys.platform}"
+        if compiler() is None:
+            return "needs a C compiler (gcc) to build its kernel; install gcc or set CC"
+        return super().available(device)
+
+    def apply(self, engine: Engine, ctx: PassContext) -> Engine:
+        te = require_torch_engine(engine, self.name)
+        if te.dtype != torch.float32:
+            raise PassError(f"fused-decode runs float32 models; this one is {te.dtype}: leave "
+                            "out the dtype pass")
+        fused = FusedDecodeEngine(te)  # copies the weights before packing drops them
+        # prefill and forward: the packed layout eager runs; the kernel holds its own copy
+        pack_for_cpu(fused, self.name, drop_dense=True, head_as_is=True)
+        fused.notes.append(f"fused-decode: decode step in fused_decode.c (one OpenMP region, "
+                           f"{len(te.model.transformer.h) * 2 + 1} phases a step), its own "
+                           f"weight copy {fused.decoder.arena.nbytes / 2**20:.0f} MB "
+                           "in panels; prefill and forward eager")
+        return fused
+
+
+__all__ = ["FusedDecode", "FusedDecodeEngine", "FusedDecoder", "build"]
