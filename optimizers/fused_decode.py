@@ -41,7 +41,8 @@ from gpteval.model import GPT, Conv1D, LinearHead, TransposedHead
 from .base import Pass, PassContext, PassError, pack_for_cpu, require_torch_engine
 
 SOURCE = Path(__file__).with_name("fused_decode.c")
-NB = 16  # panel width; must match NB in fused_decode.c
+NB = 16  # panel width; NB and RB must match fused_decode.c
+RB = 64  # rows in a row block (a head's rows of c_proj, 64 hidden units of the MLP)
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 _lib_lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -132,6 +133,16 @@ def _panels(w_in_out: torch.Tensor) -> torch.Tensor:
     return _pad_cols(w_in_out, np_ * NB).reshape(k, np_, NB).permute(1, 0, 2)
 
 
+def _row_blocks(w_in_out: torch.Tensor) -> torch.Tensor:
+    """(R, C) -> (ceil(R/RB), C/NB, RB, NB): blocks of RB rows, each stored as its C/NB
+    panels of RB x NB, so a block is read front to back (zero rows pad the last)."""
+    r, c = w_in_out.shape
+    rb = -(-r // RB)
+    if rb * RB > r:
+        w_in_out = torch.nn.functional.pad(w_in_out, (0, 0, 0, rb * RB - r))
+    return w_in_out.reshape(rb, RB, c // NB, NB).permute(0, 2, 1, 3)
+
+
 def _dense(w: torch.Tensor, what: str) -> torch.Tensor:
     if type(w) not in (torch.Tensor, nn.Parameter) or w.dtype != torch.float32 \
             or w.layout != torch.strided or w.device.type != "cpu":
@@ -166,20 +177,24 @@ class WeightArena:
             w_qkv = _dense(attn.c_attn.weight, "c_attn")
             c, three_w = w_qkv.shape
             hs = three_w // 3 // nh
+            if c % NB or hs % RB:
+                raise PassError(f"fused-decode needs the width ({c}) a multiple of {NB} and "
+                                f"the head size ({hs}) of {RB} (GPT-2's are 768 and 64); this "
+                                "model's are not: use compile:max-autotune instead")
             hp = -(-hs // NB)
             # (C, 3, nh, hs) -> (nh, 3, panels, C, NB): a head's q, k, v panels together
             qkv = _pad_cols(w_qkv.reshape(c, 3, nh, hs), hp * NB)
             qkv = qkv.reshape(c, 3, nh, hp, NB).permute(2, 1, 3, 0, 4)
             w_fc = _dense(mlp.c_fc.weight, "c_fc")
-            hidden = w_fc.shape[1]
-            b_fc = _pad_cols(mlp.c_fc.bias.detach(), -(-hidden // NB) * NB)
+            hidden = -(-w_fc.shape[1] // RB) * RB  # padded: the kernel takes RB units at a time
+            w_fc, b_fc = _pad_cols(w_fc, hidden), _pad_cols(mlp.c_fc.bias.detach(), hidden)
             pieces += [(f"{i}.ln1_w", block.ln_1.weight), (f"{i}.ln1_b", block.ln_1.bias),
                        (f"{i}.w_qkv", qkv), (f"{i}.b_qkv", attn.c_attn.bias),
-                       (f"{i}.w_o", _dense(attn.c_proj.weight, "attn.c_proj")),
+                       (f"{i}.w_o", _row_blocks(_dense(attn.c_proj.weight, "attn.c_proj"))),
                        (f"{i}.b_o", attn.c_proj.bias),
                        (f"{i}.ln2_w", block.ln_2.weight), (f"{i}.ln2_b", block.ln_2.bias),
                        (f"{i}.w_fc", _panels(w_fc)), (f"{i}.b_fc", b_fc),
-                       (f"{i}.w_fc2", _dense(mlp.c_proj.weight, "mlp.c_proj")),
+                       (f"{i}.w_fc2", _row_blocks(_dense(mlp.c_proj.weight, "mlp.c_proj"))),
                        (f"{i}.b_fc2", mlp.c_proj.bias)]
         ln_f = model.transformer.ln_f
         pieces += [("lnf_w", ln_f.weight), ("lnf_b", ln_f.bias),
