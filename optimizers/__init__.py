@@ -93,8 +93,7 @@ def check_order(variant: str, passes: list[Pass]) -> None:
         seen.add(p.name)
         if p.float_weights_only and quantized_by:
             raise PassError(f"variant '{variant}': '{p.name}' needs plain float weights, and "
-                            f"'{quantized_by}' before it quantizes them; quantize after the "
-                            f"export instead, e.g. '{p.name}+ort-int8'")
+                            f"'{quantized_by}' before it quantizes them; {p.float_weights_fix}")
         if p.quantizes:
             quantized_by = quantized_by or p.spec
         if backend not in p.requires:
@@ -106,10 +105,17 @@ def _order_message(variant: str, p: Pass, backend: str) -> str:
     if "onnx" in p.requires and backend == "torch":
         return (f"variant '{variant}': '{p.name}' works on an exported ONNX model; put "
                 f"'onnx' before it, e.g. 'onnx+{p.name}'")
-    if backend != "torch":
+    if backend == "onnx" and p.quantizes:
+        return (f"variant '{variant}': '{p.name}' quantizes PyTorch weights and cannot follow "
+                "'onnx'; quantize the exported model with 'onnx+ort-int8' or 'onnx+ort-int4'")
+    if backend == "onnx":
         return (f"variant '{variant}': '{p.name}' is a PyTorch pass and cannot follow a pass "
                 f"that leaves a {backend} engine; put '{p.name}' first, e.g. "
                 f"'{p.name}+...+onnx'")
+    if backend != "torch":  # compiled, fused, tensorrt, hf: the end of a pipeline
+        return (f"variant '{variant}': '{p.name}' cannot follow a pass that leaves a {backend} "
+                f"engine, which takes no further passes; put '{p.name}' before that pass if "
+                "it changes the PyTorch weights (pruning), or keep one of the two")
     return f"variant '{variant}': '{p.name}' cannot run on a {backend} engine"
 
 

@@ -56,8 +56,10 @@ class Pass:
     produces: ClassVar[str | None] = None  # backend it leaves behind (None: unchanged)
     # leaves quantized weights (tensor subclasses, torch.ao modules) in the model
     quantizes: ClassVar[bool] = False
-    # needs plain float weights (an exporter): no quantizing pass may come before it
+    # needs plain float weights (an exporter, a float kernel): no quantizing pass may come
+    # before it; `float_weights_fix` is what the error tells the user to do instead
     float_weights_only: ClassVar[bool] = False
+    float_weights_fix: ClassVar[str] = "leave the quantizing pass out"
     # max |logit - eager logit| on the tiny test model; None: no parity expected (pruning)
     tolerance: ClassVar[float | None] = 0.0
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")

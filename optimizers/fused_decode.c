@@ -64,17 +64,18 @@ static inline void gemv_panel(const float *x, const float *w, int64_t K, float *
 }
 
 
-/* part[0..C) += h[0..RB) @ a row block: RB rows of a row-wise matrix, stored as C/NB
- * panels of [RB rows][NB cols] so the block is read front to back.  (Rows of 3 KB added
+/* part[0..C) += h[0..rows) @ a row block: `rows` rows (a multiple of 4) of a row-wise
+ * matrix, stored as C/NB panels of [rows][NB cols] so the block is read front to back.  (Rows of 3 KB added
  * into the partial one at a time streamed at 6 GB/s, a load and a store of the partial
  * per weight read; blocks of 16 rows at 20-22 GB/s; of 64 rows, as fast as a panel:
  * 24-25 GB/s on one Zen 4 core.) */
-static inline void gemv_rows_block(const float *h, const float *blk, int64_t C, float *part) {
+static inline void gemv_rows_block(const float *h, const float *blk, int64_t rows, int64_t C,
+                                   float *part) {
     for (int64_t cp = 0; cp < C / NB; cp++) {
-        const float *w = blk + cp * RB * NB;
+        const float *w = blk + cp * rows * NB;
         v16 a0, a1 = {0}, a2 = {0}, a3 = {0};
         memcpy(&a0, part + cp * NB, sizeof a0);
-        for (int j = 0; j < RB; j += 4) {
+        for (int64_t j = 0; j < rows; j += 4) {
             a0 += h[j] * LOAD(w + j * NB);
             a1 += h[j + 1] * LOAD(w + (j + 1) * NB);
             a2 += h[j + 2] * LOAD(w + (j + 2) * NB);
@@ -205,9 +206,7 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
                 for (int64_t p = 0; p <= pos; p++) acc += scores[p] * LOAD(vc + p * hs + c);
                 memcpy(yh + c, &acc, sizeof acc);
             }
-            float *pb = part + b * C;
-            for (int64_t j = 0; j < hs; j += RB)
-                gemv_rows_block(yh + j, L->w_o + (h * hs + j) * C, C, pb);
+            gemv_rows_block(yh, L->w_o + h * hs * C, hs, C, part + b * C); /* head h's rows */
         }
     }
 }
@@ -223,7 +222,7 @@ static void mlp_phase(const Model *m, const Layer *L, int t, int nt, const float
                 gemv_panel(xn + b * C, L->w_fc + (u * RB + s * NB) * C, C, hblock + s * NB);
             /* padded hidden units have zero weights, bias and second-projection rows */
             gelu_tanh_block(hblock, L->b_fc + u * RB, RB);
-            gemv_rows_block(hblock, L->w_fc2 + u * RB * C, C, part + b * C);
+            gemv_rows_block(hblock, L->w_fc2 + u * RB * C, RB, C, part + b * C);
         }
     }
 }

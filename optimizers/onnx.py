@@ -243,6 +243,7 @@ class OnnxExport(Pass):
     requires = ("torch",)
     produces = "onnx"
     float_weights_only = True  # the exporter and ORT's quantizers need plain float weights
+    float_weights_fix = "quantize after the export instead, e.g. 'onnx+ort-int8'"
     tolerance = 1e-4
 
     def available(self, device: str) -> str | None:

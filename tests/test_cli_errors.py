@@ -41,6 +41,9 @@ def _run_args(tmp_path, ck, variants=("eager",), **kw):
     ("onnx+int8-dynamic", "cannot follow"),
     ("int8-dynamic+onnx", "quantize after the export instead, e.g. 'onnx+ort-int8'"),
     ("int8-weight-only+prune-2to4+onnx+ort-int4", "'int8-weight-only' before it quantizes"),
+    ("int8-dynamic+fused-decode", "leave the quantizer out"),
+    ("fused-decode+compile", "takes no further passes"),
+    ("onnx+int8-dynamic", "quantize the exported model with 'onnx+ort-int8'"),
     ("eager,eager", "twice"),
     ("bf16+bf16", "twice"),
 ])

@@ -1,0 +1,136 @@
+"""fused-decode: the C decode step against eager, across cache shapes, pruned widths and
+the errors a user can cause.  (test_passes.py holds it to eager at batch 2 as well.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpteval.engine import TorchEngine
+from gpteval.model import GPT, GPTConfig
+from optimizers import (
+    PassContext,
+    PassError,
+    fused_decode,
+    parse_pipeline,
+    pass_class,
+    run_pipeline,
+)
+
+CFG = GPTConfig(vocab_size=300, n_positions=96, n_layer=2, n_head=3, n_embd=96, name="fused")
+
+pytestmark = pytest.mark.skipif(fused_decode.compiler() is None,
+                                reason="fused-decode needs a C compiler (gcc)")
+
+
+def model(cfg: GPTConfig = CFG, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    m = GPT(cfg).eval()
+    with torch.no_grad():  # non-zero biases and norms: a kernel that dropped one would show
+        for name, p in m.named_parameters():
+            if name.endswith("bias") or ".ln_" in name or "ln_f" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+def build(variant: str, m: GPT, tmp_path) -> TorchEngine:
+    return run_pipeline(parse_pipeline(variant), TorchEngine(m), PassContext(workdir=tmp_path),
+                        layout=True)
+
+
+def greedy_logits(engine, ids: torch.Tensor, steps: int, max_len: int) -> torch.Tensor:
+    engine.reset(ids.shape[0], max_len)
+    logits = engine.prefill(ids)[:, -1]
+    out = []
+    for _ in range(steps):
+        logits = engine.decode(logits.argmax(-1, keepdim=True))
+        out.append(logits)
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_matches_eager_across_cache_shapes_and_threads(tmp_path, threads):
+    """Batch 1 then 3 (the kernel's buffers are rebuilt for the new cache), several thread
+    counts (heads split unevenly at 2: 3 heads), decoding into positions the prompt never
+    reached: same argmax, logits within float rounding."""
+    eager, fused = build("eager", model(), tmp_path), build("fused-decode", model(), tmp_path)
+    assert fused.backend == "fused"
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for batch, prompt, max_len in ((1, 5, 40), (3, 17, 64), (1, 5, 40)):
+            ids = torch.randint(0, CFG.vocab_size, (batch, prompt),
+                                generator=torch.Generator().manual_seed(batch))
+            want = greedy_logits(eager, ids, max_len - prompt, max_len)
+            got = greedy_logits(fused, ids, max_len - prompt, max_len)
+            assert torch.equal(got.argmax(-1), want.argmax(-1))
+            assert (got - want).abs().max().item() < 1e-4
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_pruned_widths_are_padded_not_dropped(tmp_path):
+    """Structured pruning leaves an MLP width that is no multiple of the kernel's blocks
+    (zero-padded) and fewer heads: the fused step must still match the pruned eager model."""
+    pruned = build("prune-structured:0.3", model(), tmp_path)
+    fused = build("prune-structured:0.3+fused-decode", model(), tmp_path)
+    hidden = fused.model.transformer.h[0].mlp.c_fc.out_features
+    assert hidden % fused_decode.RB, "the test needs a width the kernel has to pad"
+    ids = torch.randint(0, CFG.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+    want, got = greedy_logits(pruned, ids, 12, 24), greedy_logits(fused, ids, 12, 24)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    assert (got - want).abs().max().item() < 1e-4
+
+
+def test_weights_held_twice_are_counted(tmp_path):
+    """The kernel's panel copy is held beside the packed weights prefill runs on: weights MB
+    says so, while a decode step still reads each weight once."""
+    eager, fused = build("eager", model(), tmp_path), build("fused-decode", model(), tmp_path)
+    arena = fused.decoder.arena.nbytes
+    assert arena >= eager.decode_nbytes() - 4 * CFG.vocab_size  # every projection, padded
+    assert fused.nbytes() == eager.nbytes() + arena
+    assert fused.decode_nbytes() == eager.decode_nbytes()
+    assert any("fused_decode.c" in n for n in fused.notes)
+
+
+def test_decode_past_the_cache_is_refused(tmp_path):
+    fused = build("fused-decode", model(), tmp_path)
+    fused.reset(1, 8)
+    fused.prefill(torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="the cache holds 1 x 8"):
+        fused.decode(torch.zeros(1, 1, dtype=torch.long))
+
+
+def test_widths_the_kernel_cannot_tile_say_what_to_use(tmp_path):
+    odd = GPTConfig(vocab_size=64, n_positions=32, n_layer=1, n_head=2, n_embd=36)
+    with pytest.raises(PassError, match="multiples of 16.*compile:max-autotune"):
+        build("fused-decode", GPT(odd), tmp_path)
+
+
+def test_float32_only(tmp_path):
+    with pytest.raises(PassError, match="float32"):
+        build("bf16+fused-decode", model(), tmp_path)
+    with pytest.raises(PassError, match="leave the quantizer out"):
+        parse_pipeline("int8-dynamic+fused-decode")
+    with pytest.raises(PassError, match="takes no further passes"):
+        parse_pipeline("fused-decode+compile")
+
+
+def test_without_a_compiler_it_is_skipped_with_the_reason(monkeypatch):
+    monkeypatch.setattr(fused_decode, "compiler", lambda: None)
+    reason = pass_class("fused-decode")().available("cpu")
+    assert reason and "C compiler" in reason
+    assert "cpu" in (pass_class("fused-decode")().available("cuda") or "")
+
+
+def test_a_kernel_that_does_not_build_skips_the_variant(monkeypatch, tmp_path):
+    """A compiler that cannot build it (no OpenMP, say): the variant is skipped with the
+    compiler's own last line, not a traceback."""
+    from optimizers.base import PassSkipped
+
+    monkeypatch.setattr(fused_decode, "_lib", None)
+    monkeypatch.setenv("GPTEVAL_CACHE", str(tmp_path))
+    monkeypatch.setattr(fused_decode, "CFLAGS", [*fused_decode.CFLAGS, "-Werror=no-such-flag"])
+    with pytest.raises(PassSkipped, match="did not build"):
+        fused_decode.build()
+    assert not list(tmp_path.rglob("*.so"))
