@@ -9,9 +9,10 @@ thread streaming its own contiguous slice of the weights) and reads only the cac
 positions written so far.  Same float32 math as the reference: sums in another order
 (split-K partials, four accumulators), logits within ~1e-6 of eager on GPT-2.
 
-What changes is `decode` only.  Prefill and the teacher-forced forward stay eager, on the
-oneDNN-packed weights `eager` is measured with (the kernel is a matrix-vector product:
-at 128 prompt rows oneDNN's GEMM is the right tool).  The kernel's weights are a copy laid
+What changes is `decode`.  Prefill stays eager, on the oneDNN-packed weights `eager` is
+measured with (the kernel is a matrix-vector product: at 128 prompt rows oneDNN's GEMM
+is the right tool); the teacher-forced forward runs the kernel token by token, so
+fidelity and perplexity measure it.  The kernel's weights are a copy laid
 out for it (panels of 16 columns for column-wise reads, zero-padded), held beside the
 packed ones: +the model's size in memory, counted in weights MB.
 
@@ -282,7 +283,11 @@ class FusedDecoder:
 
 
 class FusedDecodeEngine(TorchEngine):
-    """A TorchEngine whose decode runs fused_decode.c; prefill and forward stay eager."""
+    """A TorchEngine whose decode runs fused_decode.c; prefill stays eager.
+
+    `forward` (teacher-forced: fidelity, perplexity, tasks) feeds the sequence through the
+    kernel a token at a time, so the quality numbers are the kernel's own, not eager's
+    (compile's forward is eager: it only compiles the step)."""
 
     backend = "fused"
 
@@ -291,6 +296,17 @@ class FusedDecodeEngine(TorchEngine):
         self.notes = te.notes
         self.decoder = FusedDecoder(te.model)
         self.decode_fn = self.decoder
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        batch, length = ids.shape
+        self.reset(batch, length)
+        self._pos_t = torch.zeros(1, dtype=torch.long)
+        out = torch.empty(batch, length, self.vocab_size)
+        for t in range(length):
+            out[:, t] = self.decode(ids[:, t:t + 1])
+        self._pos_t = None  # the cache holds this sequence now: generation starts afresh
+        return out
 
     def nbytes(self) -> int:
         return super().nbytes() + self.decoder.arena.nbytes
@@ -327,7 +343,8 @@ class FusedDecode(Pass):
         fused.notes.append(f"fused-decode: decode step in fused_decode.c (one OpenMP region, "
                            f"{len(te.model.transformer.h) * 2 + 1} phases a step), its own "
                            f"weight copy {fused.decoder.arena.nbytes / 2**20:.0f} MB "
-                           "in panels; prefill and forward eager")
+                           "in panels; prefill eager; teacher-forced forward (fidelity, "
+                           "perplexity) token by token through the kernel")
         return fused
 
 

@@ -134,3 +134,19 @@ def test_a_kernel_that_does_not_build_skips_the_variant(monkeypatch, tmp_path):
     with pytest.raises(PassSkipped, match="did not build"):
         fused_decode.build()
     assert not list(tmp_path.rglob("*.so"))
+
+
+def test_teacher_forced_forward_runs_the_kernel(tmp_path, monkeypatch):
+    """Fidelity and perplexity come from `forward`: for fused-decode it must be the kernel's
+    logits (every position), and generation must start afresh after it."""
+    eager, fused = build("eager", model(), tmp_path), build("fused-decode", model(), tmp_path)
+    ids = torch.randint(0, CFG.vocab_size, (2, 30), generator=torch.Generator().manual_seed(5))
+    calls = []
+    real = fused.decoder.__call__
+    monkeypatch.setattr(type(fused.decoder), "__call__",
+                        lambda self, tok, pos: calls.append(int(pos)) or real(tok, pos))
+    got, want = fused.forward(ids), eager.forward(ids)
+    assert calls == list(range(30))
+    assert got.shape == want.shape and (got - want).abs().max().item() < 1e-4
+    with pytest.raises(RuntimeError, match="before prefill"):
+        fused.decode(ids[:, :1])

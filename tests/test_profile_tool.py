@@ -99,3 +99,26 @@ def test_decode_tensors_leave_gathered_tables_out_and_replace_stand_ins():
         assert not any(is_stand_in(t) for t in decode_tensors(engine, model))
         assert sum(t.numel() for t in decode_tensors(engine, model)) == \
             sum(t.numel() for t in tensors)
+
+
+def test_decode_tensors_of_fused_decode_are_its_weight_copy_and_cache(tmp_path):
+    from optimizers import fused_decode
+
+    if fused_decode.compiler() is None:
+        pytest.skip("fused-decode needs a C compiler (gcc)")
+    sys.path.insert(0, str(TOOL.parent))
+    try:
+        from roofline_gap import decode_tensors
+    finally:
+        sys.path.pop(0)
+    from gpteval.engine import TorchEngine
+    from gpteval.model import GPT, GPTConfig
+    from optimizers import PassContext, parse_pipeline, run_pipeline
+
+    model = GPT(GPTConfig(vocab_size=64, n_positions=32, n_layer=2, n_head=2, n_embd=32))
+    engine = run_pipeline(parse_pipeline("fused-decode"), TorchEngine(model, "cpu"),
+                          PassContext(workdir=tmp_path), layout=True)
+    engine.reset(1, 16)
+    tensors = decode_tensors(engine, model)
+    assert tensors[0].data_ptr() == engine.decoder.arena.buffer.data_ptr()
+    assert len(tensors) == 1 + 2 * 2  # the copy, then k and v of each layer's cache

@@ -58,6 +58,10 @@ def decode_tensors(engine, reference) -> list[torch.Tensor]:
             continue
         seen.add(id(t))
         out.append(torch.ones(t.shape, dtype=t.dtype) if is_stand_in(t) else t.detach())
+    arena = getattr(getattr(engine, "decoder", None), "arena", None)
+    if arena is not None:  # fused-decode reads its own copy, one buffer, not the model's
+        caches = [b for n, b in model.named_buffers() if ".kv_cache." in n]
+        return [arena.buffer, *caches]
     return out
 
 
