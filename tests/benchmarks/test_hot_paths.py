@@ -18,7 +18,8 @@ from optimizers import PassContext, parse_pipeline, run_pipeline
 
 pytestmark = pytest.mark.benchmark
 
-VARIANTS = ["eager", "bf16", "int8-dynamic", "prune-structured:0.3", "onnx+ort-int8"]
+VARIANTS = ["eager", "bf16", "int8-dynamic", "prune-structured:0.3", "onnx+ort-int8",
+            "fused-decode"]
 PROMPT = 64
 
 
