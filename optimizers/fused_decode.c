@@ -32,10 +32,12 @@ typedef struct {
     const float *ln1_w, *ln1_b, *w_qkv, *b_qkv, *w_o, *b_o;
     const float *ln2_w, *ln2_b, *w_fc, *b_fc, *w_fc2, *b_fc2;
     float *k_cache, *v_cache; /* (batch, n_head, max_len, hs) */
+    int64_t n_head, H;        /* this layer's heads and MLP width (H padded to RB): pruning
+                                 may leave layers of different widths */
 } Layer;
 
 typedef struct {
-    int64_t n_layer, C, n_head, hs, H, V, max_len, batch, max_threads;
+    int64_t n_layer, C, hs, V, max_len, batch, max_threads;
     float eps;
     const float *wte, *wpe, *lnf_w, *lnf_b, *w_head; /* w_head: panels of the (C, V) head */
     Layer *layers;
@@ -222,7 +224,7 @@ static void reduce_partials(const Model *m, const float *part, int nt, const flo
 
 static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64_t pos,
                             float *xn, float *qkv, float *yh, float *scores, float *part) {
-    const int64_t C = m->C, hs = m->hs, nh = m->n_head, width = nh * hs;
+    const int64_t C = m->C, hs = m->hs, nh = L->n_head, width = nh * hs;
     const int64_t hp = panels(hs); /* panels per head and per q/k/v */
     const float scale = 1.f / sqrtf((float)hs);
     int64_t h0, h1;
@@ -250,7 +252,7 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
 
 static void mlp_phase(const Model *m, const Layer *L, int t, int nt, const float *xn,
                       float *hblock, float *part) {
-    const int64_t C = m->C, units = m->H / RB; /* H padded to a multiple of RB */
+    const int64_t C = m->C, units = L->H / RB; /* H padded to a multiple of RB */
     int64_t u0, u1;
     split(units, t, nt, &u0, &u1);
     for (int64_t u = u0; u < u1; u++) {

@@ -118,14 +118,15 @@ _P = ctypes.c_void_p
 
 
 class _Layer(ctypes.Structure):
-    _fields_ = [(n, _P) for n in ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w",
-                                  "ln2_b", "w_fc", "b_fc", "w_fc2", "b_fc2", "k_cache",
-                                  "v_cache")]
+    _fields_ = ([(n, _P) for n in ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w",
+                                   "ln2_b", "w_fc", "b_fc", "w_fc2", "b_fc2", "k_cache",
+                                   "v_cache")]
+                + [(n, ctypes.c_int64) for n in ("n_head", "H")])
 
 
 class _Model(ctypes.Structure):
-    _fields_ = ([(n, ctypes.c_int64) for n in ("n_layer", "C", "n_head", "hs", "H", "V",
-                                              "max_len", "batch", "max_threads")]
+    _fields_ = ([(n, ctypes.c_int64) for n in ("n_layer", "C", "hs", "V", "max_len", "batch",
+                                              "max_threads")]
                 + [("eps", ctypes.c_float)]
                 + [(n, _P) for n in ("wte", "wpe", "lnf_w", "lnf_b", "w_head", "layers",
                                      "scratch", "partials")])
@@ -157,8 +158,8 @@ def _dense(w: torch.Tensor, what: str) -> torch.Tensor:
     if type(w) not in (torch.Tensor, nn.Parameter) or w.dtype != torch.float32 \
             or w.layout != torch.strided or w.device.type != "cpu":
         raise PassError(f"fused-decode runs float32 weights on the CPU; {what} is "
-                        f"{type(w).__name__} {w.dtype} on {w.device.type}: put fused-decode "
-                        "before quantizing or dtype passes, or leave them out")
+                        f"{type(w).__name__} {w.dtype} on {w.device.type}: leave the "
+                        "quantizing or dtype pass out")
     return w.detach()
 
 
@@ -177,6 +178,8 @@ class WeightArena:
 
     def __init__(self, model: GPT) -> None:
         pieces: list[tuple[str, torch.Tensor]] = []
+        self.layer_dims: list[tuple[int, int]] = []  # (heads, padded MLP width) per layer
+        self.hs = 0
         for i, block in enumerate(model.transformer.h):
             attn, mlp = block.attn, block.mlp
             for m in (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj):
@@ -191,6 +194,10 @@ class WeightArena:
                 raise PassError(f"fused-decode needs the width ({c}) and the head size ({hs}) "
                                 f"to be multiples of {NB} (GPT-2's are 768 and 64); this "
                                 "model's are not: use compile:max-autotune instead")
+            if self.hs and hs != self.hs:
+                raise PassError(f"fused-decode needs one head size in every layer; this model "
+                                f"has {self.hs} and {hs}: use compile:max-autotune instead")
+            self.hs = hs
             hp = -(-hs // NB)
             # (C, 3, nh, hs) -> (nh, 3, panels, C, NB): a head's q, k, v panels together
             qkv = _pad_cols(w_qkv.reshape(c, 3, nh, hs), hp * NB)
@@ -198,6 +205,7 @@ class WeightArena:
             w_fc = _dense(mlp.c_fc.weight, "c_fc")
             hidden = -(-w_fc.shape[1] // RB) * RB  # padded: the kernel takes RB units at a time
             w_fc, b_fc = _pad_cols(w_fc, hidden), _pad_cols(mlp.c_fc.bias.detach(), hidden)
+            self.layer_dims.append((nh, hidden))
             pieces += [(f"{i}.ln1_w", block.ln_1.weight), (f"{i}.ln1_b", block.ln_1.bias),
                        (f"{i}.w_qkv", qkv), (f"{i}.b_qkv", attn.c_attn.bias),
                        (f"{i}.w_o", _row_blocks(_dense(attn.c_proj.weight, "attn.c_proj"), hs)),
@@ -219,7 +227,6 @@ class WeightArena:
             self.buffer[offsets[name]:offsets[name] + t.numel()].view(t.shape).copy_(t)
         base = self.buffer.data_ptr()
         self.ptr = {name: base + 4 * off for name, off in offsets.items()}
-        self.hs, self.hidden = hs, hidden
 
     @property
     def nbytes(self) -> int:
@@ -251,8 +258,8 @@ class FusedDecoder:
             if not (cache.k.is_contiguous() and cache.k.dtype == torch.float32):
                 raise RuntimeError("fused-decode needs a contiguous float32 KV cache")
             layers[i].k_cache, layers[i].v_cache = cache.k.data_ptr(), cache.v.data_ptr()
-        s = _Model(n_layer=len(blocks), C=cfg.n_embd, n_head=blocks[0].attn.n_head, hs=a.hs,
-                   H=a.hidden, V=cfg.vocab_size, max_len=m.max_len, batch=m.max_batch,
+            layers[i].n_head, layers[i].H = a.layer_dims[i]
+        s = _Model(n_layer=len(blocks), C=cfg.n_embd, hs=a.hs, V=cfg.vocab_size, max_len=m.max_len, batch=m.max_batch,
                    max_threads=threads, eps=cfg.layer_norm_eps,
                    wte=m.transformer.wte.weight.data_ptr(),
                    wpe=m.transformer.wpe.weight.data_ptr(), lnf_w=a.ptr["lnf_w"],

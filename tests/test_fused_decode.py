@@ -150,3 +150,28 @@ def test_teacher_forced_forward_runs_the_kernel(tmp_path, monkeypatch):
     assert got.shape == want.shape and (got - want).abs().max().item() < 1e-4
     with pytest.raises(RuntimeError, match="before prefill"):
         fused.decode(ids[:, :1])
+
+
+def test_layers_of_different_widths(tmp_path):
+    """A checkpoint pruned unevenly (another tool, or by hand) has MLPs of different widths
+    per layer: each layer's own width must be used, not one for all."""
+    from gpteval.model import Conv1D
+
+    def uneven() -> GPT:
+        m = model()
+        for block, keep in zip(m.transformer.h, (200, 130), strict=True):
+            fc, proj = block.mlp.c_fc, block.mlp.c_proj
+            new_fc, new_proj = Conv1D(CFG.n_embd, keep), Conv1D(keep, CFG.n_embd)
+            with torch.no_grad():
+                new_fc.weight.copy_(fc.weight[:, :keep])
+                new_fc.bias.copy_(fc.bias[:keep])
+                new_proj.weight.copy_(proj.weight[:keep])
+                new_proj.bias.copy_(proj.bias)
+            block.mlp.c_fc, block.mlp.c_proj = new_fc, new_proj
+        return m
+
+    eager, fused = build("eager", uneven(), tmp_path), build("fused-decode", uneven(), tmp_path)
+    assert [d[1] for d in fused.decoder.arena.layer_dims] == [256, 192]  # padded to 64
+    ids = torch.randint(0, CFG.vocab_size, (1, 6), generator=torch.Generator().manual_seed(4))
+    want, got = greedy_logits(eager, ids, 10, 16), greedy_logits(fused, ids, 10, 16)
+    assert (got - want).abs().max().item() < 1e-4
