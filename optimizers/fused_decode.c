@@ -13,9 +13,11 @@
  * of the residual stream (identical on every thread), so no other barrier is needed.
  * Partial buffers alternate between phases: a thread can only be one phase ahead.
  *
- * Weights come laid out by optimizers/fused_decode.py: matrices a thread reads column-
- * wise are stored as panels of NB columns ([n/NB][K][NB], zero-padded), so each thread
- * streams contiguous memory; row-wise matrices (c_proj, mlp.c_proj) stay (in, out).
+ * Weights come laid out by optimizers/fused_decode.py, in the order a step reads them:
+ * matrices a thread reads column-wise (c_attn, c_fc, the lm_head) as panels of NB columns
+ * ([n/NB][K][NB], zero-padded), the ones it reads row-wise (the two c_proj) as blocks of
+ * rows (a head's, or RB hidden units') stored [C/NB][rows][NB], so every thread streams
+ * contiguous memory front to back.
  * Sums are float32 like the reference; only their order differs (~1e-6 in logits).
  */
 #include <math.h>
@@ -24,7 +26,7 @@
 #include <omp.h>
 
 #define NB 16 /* panel width: one 64-byte line per row */
-#define RB 64 /* rows in a row block */
+#define RB 64 /* hidden units (rows of mlp.c_proj) a thread takes at a time */
 typedef float v16 __attribute__((vector_size(NB * sizeof(float)), aligned(4)));
 #define LOAD(p) (*(const v16 *)(p))
 
@@ -55,22 +57,21 @@ static inline void gemv_panel(const float *x, const float *w, int64_t K, float *
     v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     int64_t i = 0;
     for (; i + 4 <= K; i += 4) {
-        a0 += x[i] * *(const v16 *)(w + i * NB);
-        a1 += x[i + 1] * *(const v16 *)(w + (i + 1) * NB);
-        a2 += x[i + 2] * *(const v16 *)(w + (i + 2) * NB);
-        a3 += x[i + 3] * *(const v16 *)(w + (i + 3) * NB);
+        a0 += x[i] * LOAD(w + i * NB);
+        a1 += x[i + 1] * LOAD(w + (i + 1) * NB);
+        a2 += x[i + 2] * LOAD(w + (i + 2) * NB);
+        a3 += x[i + 3] * LOAD(w + (i + 3) * NB);
     }
-    for (; i < K; i++) a0 += x[i] * *(const v16 *)(w + i * NB);
+    for (; i < K; i++) a0 += x[i] * LOAD(w + i * NB);
     v16 s = (a0 + a1) + (a2 + a3);
     memcpy(out, &s, sizeof s);
 }
 
-
 /* part[0..C) += h[0..rows) @ a row block: `rows` rows (a multiple of 4) of a row-wise
- * matrix, stored as C/NB panels of [rows][NB cols] so the block is read front to back.  (Rows of 3 KB added
- * into the partial one at a time streamed at 6 GB/s, a load and a store of the partial
- * per weight read; blocks of 16 rows at 20-22 GB/s; of 64 rows, as fast as a panel:
- * 24-25 GB/s on one Zen 4 core.) */
+ * matrix, stored as C/NB panels of [rows][NB cols] so the block is read front to back.
+ * (Rows of 3 KB added into the partial one at a time streamed at 6 GB/s, a load and a
+ * store of the partial per weight read; blocks of 16 rows at 20-22 GB/s; of 64 rows, as
+ * fast as a panel: 24-25 GB/s on one Zen 4 core.) */
 static inline void gemv_rows_block(const float *h, const float *blk, int64_t rows, int64_t C,
                                    float *part) {
     for (int64_t cp = 0; cp < C / NB; cp++) {
@@ -124,10 +125,6 @@ static void layer_norm(const float *x, const float *w, const float *b, int64_t n
     for (int64_t i = 0; i < n; i++) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
 }
 
-/* GPT-2's gelu (tanh form) over h[0..n) after adding the bias, written so the compiler
- * vectorizes it: tanh(u) = 1 - 2 / (exp(2u) + 1) with exp from 2^k and a degree-7
- * polynomial on |r| <= ln2/2 (relative error ~1e-7, like libm's; glibc's scalar tanhf
- * cost ~4 % of a decode step).  |u| is clamped at 9, where tanh is 1 in float32. */
 typedef int32_t vi16 __attribute__((vector_size(NB * sizeof(int32_t)), aligned(4)));
 
 static inline v16 vselect(vi16 mask, v16 a, v16 b) { /* mask lanes are -1 or 0 */
@@ -203,7 +200,8 @@ static void weighted_rows(const float *scores, const float *v, int64_t n, int64_
 static inline int64_t panels(int64_t n) { return (n + NB - 1) / NB; }
 
 /* floats of per-thread scratch: residual x, normed xn (batch x C each), q/k/v of a head
- * (3 x hs, padded), a head's output (hs), attention scores (max_len), a block of hidden units (RB) */
+ * (3 x hs), a head's output (hs), attention scores (max_len rounded up to NB), a block of
+ * hidden units (RB) */
 int64_t gpteval_scratch_floats(const Model *m) {
     return 2 * m->batch * m->C + 3 * panels(m->hs) * NB + m->hs + panels(m->max_len) * NB + RB;
 }
@@ -234,8 +232,9 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
             const float *xb = xn + b * C;
             for (int64_t s = 0; s < 3; s++) { /* q, k, v of head h */
                 const float *w = L->w_qkv + ((h * 3 + s) * hp) * C * NB;
-                for (int64_t p = 0; p < hp; p++) gemv_panel(xb, w + p * C * NB, C, qkv + s * hp * NB + p * NB);
-                for (int64_t j = 0; j < hs; j++) qkv[s * hp * NB + j] += L->b_qkv[s * width + h * hs + j];
+                float *out = qkv + s * hp * NB;
+                for (int64_t p = 0; p < hp; p++) gemv_panel(xb, w + p * C * NB, C, out + p * NB);
+                for (int64_t j = 0; j < hs; j++) out[j] += L->b_qkv[s * width + h * hs + j];
             }
             const float *q = qkv;
             int64_t base = ((b * nh + h) * m->max_len) * hs;
@@ -277,7 +276,8 @@ int gpteval_decode_step(const Model *m, const int64_t *tokens, const int64_t *po
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
         float *x = m->scratch + t * per_thread, *xn = x + B * C, *qkv = xn + B * C;
-        float *yh = qkv + 3 * panels(m->hs) * NB, *scores = yh + m->hs, *hpanel = scores + panels(m->max_len) * NB;
+        float *yh = qkv + 3 * panels(m->hs) * NB, *scores = yh + m->hs;
+        float *hpanel = scores + panels(m->max_len) * NB;
         for (int64_t b = 0; b < B; b++)
             for (int64_t c = 0; c < C; c++)
                 x[b * C + c] = m->wte[tokens[b] * C + c] + m->wpe[pos * C + c];
@@ -289,21 +289,23 @@ int gpteval_decode_step(const Model *m, const int64_t *tokens, const int64_t *po
                 float *part = parts + t * B * C;
                 memset(part, 0, B * C * sizeof(float));
                 for (int64_t b = 0; b < B; b++)
-                    layer_norm(x + b * C, pass ? L->ln2_w : L->ln1_w, pass ? L->ln2_b : L->ln1_b,
-                               C, m->eps, xn + b * C);
+                    layer_norm(x + b * C, pass ? L->ln2_w : L->ln1_w,
+                               pass ? L->ln2_b : L->ln1_b, C, m->eps, xn + b * C);
                 if (pass == 0) attention_phase(m, L, t, nt, pos, xn, qkv, yh, scores, part);
                 else mlp_phase(m, L, t, nt, xn, hpanel, part);
 #pragma omp barrier
                 reduce_partials(m, parts, nt, pass ? L->b_fc2 : L->b_o, x);
             }
         }
-        for (int64_t b = 0; b < B; b++) layer_norm(x + b * C, m->lnf_w, m->lnf_b, C, m->eps, xn + b * C);
+        for (int64_t b = 0; b < B; b++)
+            layer_norm(x + b * C, m->lnf_w, m->lnf_b, C, m->eps, xn + b * C);
         int64_t p0, p1;
         split(panels(m->V), t, nt, &p0, &p1);
         for (int64_t p = p0; p < p1; p++)
             for (int64_t b = 0; b < B; b++) {
                 gemv_panel(xn + b * C, m->w_head + p * C * NB, C, hpanel);
-                for (int64_t j = 0; j < NB && p * NB + j < m->V; j++) logits[b * m->V + p * NB + j] = hpanel[j];
+                for (int64_t j = 0; j < NB && p * NB + j < m->V; j++)
+                    logits[b * m->V + p * NB + j] = hpanel[j];
             }
     }
     return 0;

@@ -259,7 +259,8 @@ class FusedDecoder:
                 raise RuntimeError("fused-decode needs a contiguous float32 KV cache")
             layers[i].k_cache, layers[i].v_cache = cache.k.data_ptr(), cache.v.data_ptr()
             layers[i].n_head, layers[i].H = a.layer_dims[i]
-        s = _Model(n_layer=len(blocks), C=cfg.n_embd, hs=a.hs, V=cfg.vocab_size, max_len=m.max_len, batch=m.max_batch,
+        s = _Model(n_layer=len(blocks), C=cfg.n_embd, hs=a.hs, V=cfg.vocab_size,
+                   max_len=m.max_len, batch=m.max_batch,
                    max_threads=threads, eps=cfg.layer_norm_eps,
                    wte=m.transformer.wte.weight.data_ptr(),
                    wpe=m.transformer.wpe.weight.data_ptr(), lnf_w=a.ptr["lnf_w"],
@@ -334,7 +335,8 @@ class FusedDecode(Pass):
         if reason:
             return reason
         if sys.platform != "linux":
-            return f"fused-decode builds its kernel with gcc and OpenMP on Linux, not {sys.platform}"
+            return ("fused-decode builds its kernel with gcc and OpenMP on Linux, not "
+                    f"{sys.platform}")
         if compiler() is None:
             return "needs a C compiler (gcc) to build its kernel; install gcc or set CC"
         return None
