@@ -347,7 +347,7 @@ class FusedDecode(Pass):
             raise PassError(f"fused-decode runs float32 models; this one is {te.dtype}: leave "
                             "out the dtype pass")
         fused = FusedDecodeEngine(te)  # copies the weights before packing drops them
-        # prefill and forward: the packed layout eager runs; the kernel holds its own copy
+        # prefill: the packed layout eager runs; the kernel holds its own copy
         pack_for_cpu(fused, self.name, drop_dense=True, head_as_is=True)
         fused.notes.append(f"fused-decode: decode step in fused_decode.c (one OpenMP region, "
                            f"{len(te.model.transformer.h) * 2 + 1} phases a step), its own "

@@ -48,6 +48,10 @@ def decode_tensors(engine, reference) -> list[torch.Tensor]:
     model = getattr(engine, "model", None)
     if not isinstance(model, torch.nn.Module):
         model = reference
+    arena = getattr(getattr(engine, "decoder", None), "arena", None)
+    if arena is not None:  # fused-decode reads its own copy, one buffer, not the model's
+        caches = [b for n, b in model.named_buffers() if ".kv_cache." in n]
+        return [arena.buffer, *caches]
     wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
     gathered = {wpe.data_ptr()}
     if getattr(model.lm_head, "weight", None) is not wte:
@@ -58,10 +62,6 @@ def decode_tensors(engine, reference) -> list[torch.Tensor]:
             continue
         seen.add(id(t))
         out.append(torch.ones(t.shape, dtype=t.dtype) if is_stand_in(t) else t.detach())
-    arena = getattr(getattr(engine, "decoder", None), "arena", None)
-    if arena is not None:  # fused-decode reads its own copy, one buffer, not the model's
-        caches = [b for n, b in model.named_buffers() if ".kv_cache." in n]
-        return [arena.buffer, *caches]
     return out
 
 
