@@ -84,6 +84,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from gpteval.engine import TorchEngine
+    from gpteval.hugepages import huge_page_empty
     from gpteval.measure.ceilings import bandwidth_probe_gbs
     from gpteval.measure.latency import latency_at_batch
     from gpteval.weights import load_model
@@ -101,7 +102,7 @@ def main() -> None:
     tensors = [t for t in every if t.numel() * t.element_size() >= LARGE_BYTES]
     nbytes = engine.decode_nbytes()
     tensor_bytes = sum(t.numel() * t.element_size() for t in tensors)
-    buffer = torch.ones(max(tensor_bytes // 4, 1))
+    buffer = huge_page_empty(max(tensor_bytes // 4, 1)).fill_(1.0)  # as the probe's
 
     def one_by_one() -> None:
         for t in tensors:

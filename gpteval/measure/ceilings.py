@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..hugepages import huge_page_empty
 from .timer import repeat_timed
 
 # a handful of repeats after one warm-up: the best of them is the ceiling
@@ -43,12 +44,13 @@ def bandwidth_kernels_gbs(device: str = "cpu", nbytes: int | None = None,
 
     Libraries reach different fractions of the hardware with each (torch's CPU GEMV stays
     well under ONNX Runtime's and inductor's kernels; cuBLAS's fp32 GEMV under a CUDA copy),
-    so the ceiling is the best of them."""
+    so the ceiling is the best of them.  On the CPU the buffers are on huge pages, which
+    stream faster than 4 KiB pages (gpteval/hugepages.py)."""
     if nbytes is None:
         nbytes = 2 ** 30 if device.startswith("cuda") else 256 * 2 ** 20
     cols = 4096
     rows = max(nbytes // 4 // cols, 1)
-    w = torch.ones(rows, cols, dtype=torch.float32, device=device)
+    w = _streamed_buffer(rows, cols, device).fill_(1.0)
     read = rows * cols * 4
     runs: dict[str, tuple] = {}  # kernel -> (call, bytes it moves)
     if "gemv" in kernels:
@@ -57,9 +59,17 @@ def bandwidth_kernels_gbs(device: str = "cpu", nbytes: int | None = None,
     if "sum" in kernels:
         runs["sum"] = (lambda: w.sum(), read)
     if "copy" in kernels:
-        dst = torch.empty_like(w)
+        dst = _streamed_buffer(rows, cols, device)
         runs["copy"] = (lambda: dst.copy_(w), 2 * read)
     return {name: _best_gbs(fn, moved, device, min_time_s) for name, (fn, moved) in runs.items()}
+
+
+def _streamed_buffer(rows: int, cols: int, device: str) -> torch.Tensor:
+    """The probe's memory: on the CPU on huge pages, like fused-decode's weight copy (a
+    kernel streaming huge pages is held to a ceiling measured on them; gpteval/hugepages.py)."""
+    if device.startswith("cpu"):
+        return huge_page_empty((rows, cols))
+    return torch.empty(rows, cols, dtype=torch.float32, device=device)
 
 
 def bandwidth_probe_gbs(device: str = "cpu") -> float:
