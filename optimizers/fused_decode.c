@@ -265,12 +265,15 @@ static void mlp_phase(const Model *m, const Layer *L, int t, int nt, const float
     }
 }
 
-/* logits (batch, V) of tokens (batch,) at position pos, advancing every layer's cache.
- * Returns 0, or -1 when called with more threads than the scratch was sized for. */
-int gpteval_decode_step(const Model *m, const int64_t *tokens, const int64_t *pos_p,
+/* logits (batch, V) of tokens (batch,) at position *pos_p, advancing every layer's cache
+ * and then *pos_p (the caller's position tensor: no Python-side op a step for it).
+ * Returns 0; -1 when called with more threads than the scratch was sized for, -2 when the
+ * position is outside the cache (nothing is written then). */
+int gpteval_decode_step(const Model *m, const int64_t *tokens, int64_t *pos_p,
                         float *logits, int nthreads) {
     if (nthreads < 1 || nthreads > m->max_threads) return -1;
     const int64_t C = m->C, B = m->batch, pos = *pos_p;
+    if (pos < 0 || pos >= m->max_len) return -2;
     const int64_t per_thread = gpteval_scratch_floats(m);
 #pragma omp parallel num_threads(nthreads)
     {
@@ -308,5 +311,6 @@ int gpteval_decode_step(const Model *m, const int64_t *tokens, const int64_t *po
                     logits[b * m->V + p * NB + j] = hpanel[j];
             }
     }
+    *pos_p = pos + 1;
     return 0;
 }
