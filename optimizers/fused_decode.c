@@ -4,13 +4,15 @@
  * boundary makes the threads join and start new streams; on a 2-core host that cost
  * 8-23 % of the bandwidth a single stream gets (tools/roofline_gap.py).  Here a layer is
  * two phases with one barrier each and no op boundary inside them:
- *   attention: thread t owns whole heads: q, k, v of its heads (LN1 recomputed by every
- *     thread, 768 floats), their attention over the cache, and their rows of c_proj,
- *     added into a per-thread partial output (split-K);
- *   MLP: thread t owns a slice of the hidden units: c_fc columns, gelu, and the same
- *     rows of the second projection, into its partial output.
- * After the barrier every thread adds the partials in the same order into its own copy
- * of the residual stream (identical on every thread), so no other barrier is needed.
+ *   attention: a work item is a whole head: its q, k, v (LN1 recomputed by every thread,
+ *     768 floats), its attention over the cache, and its rows of c_proj, into the head's
+ *     own partial output (split-K);
+ *   MLP: an item is a block of RB hidden units: c_fc columns, gelu, and the same rows of
+ *     the second projection, into the block's partial output.
+ * Each thread starts on an even share of the items and takes the rest of a slower
+ * thread's (work stealing, below).  After the barrier every thread adds the partials in
+ * item order into its own copy of the residual stream (identical on every thread, and
+ * the same bits at any thread count), so no other barrier is needed.
  * Partial buffers alternate between phases: a thread can only be one phase ahead.
  *
  * Weights come laid out by optimizers/fused_decode.py, in the order a step reads them:
@@ -21,12 +23,14 @@
  * Sums are float32 like the reference; only their order differs (~1e-6 in logits).
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #include <omp.h>
 
 #define NB 16 /* panel width: one 64-byte line per row */
 #define RB 64 /* hidden units (rows of mlp.c_proj) a thread takes at a time */
+#define HB 8  /* lm_head panels a thread takes at a time */
 typedef float v16 __attribute__((vector_size(NB * sizeof(float)), aligned(4)));
 #define LOAD(p) (*(const v16 *)(p))
 
@@ -44,12 +48,53 @@ typedef struct {
     const float *wte, *wpe, *lnf_w, *lnf_b, *w_head; /* w_head: panels of the (C, V) head */
     Layer *layers;
     float *scratch;  /* max_threads * scratch_floats(): per-thread work buffers */
-    float *partials; /* 2 * max_threads * batch * C */
+    float *partials; /* gpteval_partials_floats(): a partial output per head / unit block */
+    void *spans;     /* max_threads * 64 bytes: the work-stealing ranges (below) */
 } Model;
 
 static inline void split(int64_t n, int t, int nt, int64_t *lo, int64_t *hi) {
     *lo = n * t / nt;
     *hi = n * (t + 1) / nt;
+}
+
+/* Work stealing that keeps the sums deterministic.  A phase's work items (heads, blocks
+ * of RB hidden units, blocks of HB lm_head panels) are split evenly; each thread takes
+ * items from the front of its own range and, when that is empty, from the back of the
+ * others' ranges.  A thread that runs slower (the host's cores do not stream equally:
+ * 10-15 % apart for seconds at a time) then hands items to the faster one instead of
+ * making it wait at the barrier.  Every item writes its own partial output and the
+ * partials are added in item order, so the result does not depend on which thread took
+ * what, nor on the thread count.
+ * A range is (lo, hi) packed in one 64-bit word, claimed by compare-and-swap; each on
+ * its own cache line.  A range is reset by its owner when a phase starts; a thief that
+ * reads it earlier finds the previous phase's range, which is empty, so it steals
+ * nothing. */
+typedef struct {
+    _Atomic uint64_t range;
+    char pad[64 - sizeof(uint64_t)];
+} Span;
+
+static inline void span_reset(Span *s, int64_t lo, int64_t hi) {
+    atomic_store_explicit(&s->range, (uint64_t)hi << 32 | (uint64_t)lo, memory_order_release);
+}
+
+static int64_t span_claim(Span *s, int back) {
+    uint64_t cur = atomic_load_explicit(&s->range, memory_order_acquire);
+    for (;;) {
+        uint64_t lo = cur & 0xffffffffu, hi = cur >> 32;
+        if (lo >= hi) return -1;
+        uint64_t next = back ? (hi - 1) << 32 | lo : hi << 32 | (lo + 1);
+        if (atomic_compare_exchange_weak_explicit(&s->range, &cur, next, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return (int64_t)(back ? hi - 1 : lo);
+    }
+}
+
+/* the next item for thread t: its own range first, then the others', nearest first */
+static int64_t next_item(Span *spans, int t, int nt) {
+    int64_t i = span_claim(&spans[t], 0);
+    for (int k = 1; i < 0 && k < nt; k++) i = span_claim(&spans[(t + k) % nt], 1);
+    return i;
 }
 
 /* out[0..NB) = x[0..K) @ panel (K rows of NB floats) */
@@ -67,7 +112,7 @@ static inline void gemv_panel(const float *x, const float *w, int64_t K, float *
     memcpy(out, &s, sizeof s);
 }
 
-/* part[0..C) += h[0..rows) @ a row block: `rows` rows (a multiple of 4) of a row-wise
+/* part[0..C) = h[0..rows) @ a row block: `rows` rows (a multiple of 4) of a row-wise
  * matrix, stored as C/NB panels of [rows][NB cols] so the block is read front to back.
  * (Rows of 3 KB added into the partial one at a time streamed at 6 GB/s, a load and a
  * store of the partial per weight read; blocks of 16 rows at 20-22 GB/s; of 64 rows, as
@@ -76,8 +121,7 @@ static inline void gemv_rows_block(const float *h, const float *blk, int64_t row
                                    float *part) {
     for (int64_t cp = 0; cp < C / NB; cp++) {
         const float *w = blk + cp * rows * NB;
-        v16 a0, a1 = {0}, a2 = {0}, a3 = {0};
-        memcpy(&a0, part + cp * NB, sizeof a0);
+        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         for (int64_t j = 0; j < rows; j += 4) {
             a0 += h[j] * LOAD(w + j * NB);
             a1 += h[j + 1] * LOAD(w + (j + 1) * NB);
@@ -206,28 +250,45 @@ int64_t gpteval_scratch_floats(const Model *m) {
     return 2 * m->batch * m->C + 3 * panels(m->hs) * NB + m->hs + panels(m->max_len) * NB + RB;
 }
 
-/* Adds the phase's partials and bias into every thread's residual stream. */
-static void reduce_partials(const Model *m, const float *part, int nt, const float *bias,
-                            float *x) {
-    int64_t BC = m->batch * m->C;
+/* floats of the partial outputs: two phases' worth (a thread can be one phase ahead of
+ * another still adding up the previous one), an output per work item */
+int64_t gpteval_partials_floats(const Model *m) {
+    int64_t items = 1;
+    for (int64_t l = 0; l < m->n_layer; l++) {
+        const Layer *L = &m->layers[l];
+        if (L->n_head > items) items = L->n_head;
+        if (L->H / RB > items) items = L->H / RB;
+    }
+    return 2 * items * m->batch * m->C;
+}
+
+/* Adds the phase's partials (one per item, in item order) and the bias into this
+ * thread's copy of the residual stream. */
+static void reduce_partials(const Model *m, const float *part, int64_t items,
+                            const float *bias, float *x) {
+    const int64_t BC = m->batch * m->C;
     for (int64_t b = 0; b < m->batch; b++) {
         float *xb = x + b * m->C;
-        for (int u = 0; u < nt; u++) {
-            const float *pb = part + u * BC + b * m->C;
-            for (int64_t c = 0; c < m->C; c++) xb[c] += pb[c];
+        for (int64_t c = 0; c < m->C; c += NB) {
+            v16 acc = LOAD(xb + c);
+            for (int64_t u = 0; u < items; u++) acc += LOAD(part + u * BC + b * m->C + c);
+            acc += LOAD(bias + c);
+            memcpy(xb + c, &acc, sizeof acc);
         }
-        for (int64_t c = 0; c < m->C; c++) xb[c] += bias[c];
     }
 }
 
 static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64_t pos,
-                            float *xn, float *qkv, float *yh, float *scores, float *part) {
+                            float *xn, float *qkv, float *yh, float *scores, float *parts) {
     const int64_t C = m->C, hs = m->hs, nh = L->n_head, width = nh * hs;
     const int64_t hp = panels(hs); /* panels per head and per q/k/v */
     const float scale = 1.f / sqrtf((float)hs);
-    int64_t h0, h1;
+    Span *spans = (Span *)m->spans;
+    int64_t h0, h1, h;
     split(nh, t, nt, &h0, &h1);
-    for (int64_t h = h0; h < h1; h++) {
+    span_reset(&spans[t], h0, h1);
+    while ((h = next_item(spans, t, nt)) >= 0) {
+        float *part = parts + h * m->batch * C;
         for (int64_t b = 0; b < m->batch; b++) {
             const float *xb = xn + b * C;
             for (int64_t s = 0; s < 3; s++) { /* q, k, v of head h */
@@ -250,11 +311,14 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
 }
 
 static void mlp_phase(const Model *m, const Layer *L, int t, int nt, const float *xn,
-                      float *hblock, float *part) {
+                      float *hblock, float *parts) {
     const int64_t C = m->C, units = L->H / RB; /* H padded to a multiple of RB */
-    int64_t u0, u1;
+    Span *spans = (Span *)m->spans;
+    int64_t u0, u1, u;
     split(units, t, nt, &u0, &u1);
-    for (int64_t u = u0; u < u1; u++) {
+    span_reset(&spans[t], u0, u1);
+    while ((u = next_item(spans, t, nt)) >= 0) {
+        float *part = parts + u * m->batch * C;
         for (int64_t b = 0; b < m->batch; b++) {
             for (int64_t s = 0; s < RB / NB; s++)
                 gemv_panel(xn + b * C, L->w_fc + (u * RB + s * NB) * C, C, hblock + s * NB);
@@ -274,7 +338,7 @@ int gpteval_decode_step(const Model *m, const int64_t *tokens, int64_t *pos_p,
     if (nthreads < 1 || nthreads > m->max_threads) return -1;
     const int64_t C = m->C, B = m->batch, pos = *pos_p;
     if (pos < 0 || pos >= m->max_len) return -2;
-    const int64_t per_thread = gpteval_scratch_floats(m);
+    const int64_t per_thread = gpteval_scratch_floats(m), partials = gpteval_partials_floats(m);
 #pragma omp parallel num_threads(nthreads)
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -288,28 +352,32 @@ int gpteval_decode_step(const Model *m, const int64_t *tokens, int64_t *pos_p,
         for (int64_t l = 0; l < m->n_layer; l++) {
             const Layer *L = &m->layers[l];
             for (int pass = 0; pass < 2; pass++, phase++) {
-                float *parts = m->partials + (phase & 1) * m->max_threads * B * C;
-                float *part = parts + t * B * C;
-                memset(part, 0, B * C * sizeof(float));
+                float *parts = m->partials + (phase & 1) * (partials / 2);
                 for (int64_t b = 0; b < B; b++)
                     layer_norm(x + b * C, pass ? L->ln2_w : L->ln1_w,
                                pass ? L->ln2_b : L->ln1_b, C, m->eps, xn + b * C);
-                if (pass == 0) attention_phase(m, L, t, nt, pos, xn, qkv, yh, scores, part);
-                else mlp_phase(m, L, t, nt, xn, hpanel, part);
+                if (pass == 0) attention_phase(m, L, t, nt, pos, xn, qkv, yh, scores, parts);
+                else mlp_phase(m, L, t, nt, xn, hpanel, parts);
 #pragma omp barrier
-                reduce_partials(m, parts, nt, pass ? L->b_fc2 : L->b_o, x);
+                reduce_partials(m, parts, pass ? L->H / RB : L->n_head,
+                                pass ? L->b_fc2 : L->b_o, x);
             }
         }
         for (int64_t b = 0; b < B; b++)
             layer_norm(x + b * C, m->lnf_w, m->lnf_b, C, m->eps, xn + b * C);
-        int64_t p0, p1;
-        split(panels(m->V), t, nt, &p0, &p1);
-        for (int64_t p = p0; p < p1; p++)
-            for (int64_t b = 0; b < B; b++) {
-                gemv_panel(xn + b * C, m->w_head + p * C * NB, C, hpanel);
-                for (int64_t j = 0; j < NB && p * NB + j < m->V; j++)
-                    logits[b * m->V + p * NB + j] = hpanel[j];
-            }
+        /* the lm_head: no partials (each panel is a slice of the logits) */
+        const int64_t np = panels(m->V);
+        Span *spans = (Span *)m->spans;
+        int64_t c0, c1, blk;
+        split((np + HB - 1) / HB, t, nt, &c0, &c1);
+        span_reset(&spans[t], c0, c1);
+        while ((blk = next_item(spans, t, nt)) >= 0)
+            for (int64_t p = blk * HB; p < np && p < (blk + 1) * HB; p++)
+                for (int64_t b = 0; b < B; b++) {
+                    gemv_panel(xn + b * C, m->w_head + p * C * NB, C, hpanel);
+                    for (int64_t j = 0; j < NB && p * NB + j < m->V; j++)
+                        logits[b * m->V + p * NB + j] = hpanel[j];
+                }
     }
     *pos_p = pos + 1;
     return 0;

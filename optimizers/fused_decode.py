@@ -98,6 +98,8 @@ def build() -> ctypes.CDLL:
         lib.gpteval_decode_step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int]
         lib.gpteval_scratch_floats.restype = ctypes.c_int64
         lib.gpteval_scratch_floats.argtypes = [ctypes.c_void_p]
+        lib.gpteval_partials_floats.restype = ctypes.c_int64
+        lib.gpteval_partials_floats.argtypes = [ctypes.c_void_p]
         _lib = lib
         return lib
 
@@ -130,7 +132,7 @@ class _Model(ctypes.Structure):
                                               "max_threads")]
                 + [("eps", ctypes.c_float)]
                 + [(n, _P) for n in ("wte", "wpe", "lnf_w", "lnf_b", "w_head", "layers",
-                                     "scratch", "partials")])
+                                     "scratch", "partials", "spans")])
 
 
 def _pad_cols(w: torch.Tensor, n: int) -> torch.Tensor:
@@ -272,8 +274,11 @@ class FusedDecoder:
                    layers=ctypes.cast(layers, _P))
         per_thread = self.lib.gpteval_scratch_floats(ctypes.byref(s))
         self._scratch = torch.zeros(threads * per_thread, dtype=torch.float32)
-        self._partials = torch.zeros(2 * threads * m.max_batch * cfg.n_embd, dtype=torch.float32)
+        self._partials = torch.zeros(self.lib.gpteval_partials_floats(ctypes.byref(s)),
+                                     dtype=torch.float32)
+        self._spans = torch.zeros(threads, 8, dtype=torch.int64)  # a 64-byte line each
         s.scratch, s.partials = self._scratch.data_ptr(), self._partials.data_ptr()
+        s.spans = self._spans.data_ptr()
         self._layers, self._struct, self._shape = layers, s, shape
         self._struct_ref, self._threads = ctypes.byref(s), threads
         self._token_shape, self._out_shape = (m.max_batch, 1), (m.max_batch, cfg.vocab_size)

@@ -69,6 +69,24 @@ def test_matches_eager_across_cache_shapes_and_threads(tmp_path, threads):
         torch.set_num_threads(before)
 
 
+def test_logits_do_not_depend_on_the_thread_count(tmp_path):
+    """Threads steal heads and hidden-unit blocks from each other, but every item has its
+    own partial and the partials are added in item order: the same bits at 1, 2 and 3
+    threads, and on every repeat.  (A per-thread partial, the earlier design, gave other
+    bits at other thread counts.)  3 heads and 6 MLP blocks, split unevenly at 2 threads."""
+    fused = build("fused-decode", model(), tmp_path)
+    ids = torch.randint(0, CFG.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 3, 2):
+            torch.set_num_threads(threads)
+            runs.append(greedy_logits(fused, ids, 20, 40))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(r, runs[0]) for r in runs[1:])
+
+
 def test_pruned_widths_are_padded_not_dropped(tmp_path):
     """Structured pruning leaves an MLP width that is no multiple of the kernel's blocks
     (zero-padded) and fewer heads: the fused step must still match the pruned eager model."""
