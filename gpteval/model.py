@@ -159,11 +159,7 @@ class MLP(nn.Module):
         self.c_proj = Conv1D(4 * config.n_embd, config.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # GPT-2's gelu_new; fused into c_fc where it can be (quantizers and pruning may have
-        # swapped c_fc for another module)
-        if isinstance(self.c_fc, Conv1D):
-            return self.c_proj(self.c_fc.forward_gelu_tanh(x))
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's gelu_new
 
 
 class Block(nn.Module):

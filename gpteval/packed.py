@@ -139,8 +139,5 @@ class PackedLinear:
             return False  # the packed op has no autograd: it would cut the graph here
         return x2.device.type == "cpu" and x2.dtype == self.dtype and self.current(weight_in_out)
 
-    def __call__(self, x2: torch.Tensor, bias: torch.Tensor | None,
-                 gelu_tanh: bool = False) -> torch.Tensor:
-        if gelu_tanh:  # oneDNN's eltwise post-op: the gelu is applied as the tile is stored
-            return torch.ops.mkldnn._linear_pointwise(x2, self.packed, bias, "gelu", [], "tanh")
+    def __call__(self, x2: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x2, self.packed, bias, "none", [], "")

@@ -10,7 +10,6 @@ LinearHead (the tied (V, C) weight as it is, for compiled models).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .packed import PackedLinear, in_graph_capture, is_stand_in
@@ -54,22 +53,21 @@ def rows_matmul(x2: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) ->
 
 
 def _projection(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
-                packed: PackedLinear | None, gelu_tanh: bool = False) -> torch.Tensor:
-    """`x @ w + bias` over the last dimension, w stored (in, out), then GPT-2's tanh gelu
-    if `gelu_tanh`: on its oneDNN-packed copy when there is one this call may use (CPU
-    inference, see packed.py; the gelu then runs inside the matmul), else rows_matmul."""
+                packed: PackedLinear | None) -> torch.Tensor:
+    """`x @ w + bias` over the last dimension, w stored (in, out): on its oneDNN-packed
+    copy when there is one this call may use (CPU inference, see packed.py), else
+    rows_matmul."""
     shape = x.shape[:-1] + (w.shape[1],)
     x2 = x.reshape(-1, x.shape[-1])
     # graph capture first: compile/export must not touch the opaque packed tensor
     if packed is not None:
         if not in_graph_capture() and packed.usable(w, x2):
-            return packed(x2, bias, gelu_tanh).view(shape)
+            return packed(x2, bias).view(shape)
         if packed.dense_dropped and is_stand_in(w):
             raise RuntimeError("this projection's weight is held only oneDNN-packed, for "
                                "inference (autograd, compile and export need the dense "
                                "weight); call model.unpack_weights_() first")
-    y = rows_matmul(x2, w, bias).view(shape)
-    return F.gelu(y, approximate="tanh") if gelu_tanh else y
+    return rows_matmul(x2, w, bias).view(shape)
 
 
 class Conv1D(nn.Module):
@@ -98,12 +96,6 @@ class Conv1D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _projection(x, self.weight, self.bias, self.packed)
-
-    def forward_gelu_tanh(self, x: torch.Tensor) -> torch.Tensor:
-        """gelu(forward(x)) (tanh form): one oneDNN call with the gelu as a post-op on the
-        packed path (GPT-2 small, prefill 128: 3.36 against 3.66 ms a layer for c_fc and a
-        separate gelu; ~1e-7 apart), the two ops elsewhere."""
-        return _projection(x, self.weight, self.bias, self.packed, gelu_tanh=True)
 
     def extra_repr(self) -> str:
         return f"in_features={self.weight.shape[0]}, out_features={self.weight.shape[1]}"
