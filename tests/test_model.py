@@ -122,3 +122,29 @@ def test_split_k_is_invisible_to_compile_and_export():
         assert _split_k_parts(1, 768, torch.device("meta")) == 1  # CPU only
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_every_projection_runs_through_its_module_call(packed):
+    """Calibration (prune-wanda's activation norms) and profiling hook each projection's
+    module: a forward that calls a projection's math directly, bypassing nn.Module.__call__
+    (as a gelu fused into c_fc once did), would leave that projection unseen."""
+    from gpteval.packed import packing_unavailable
+    from gpteval.projections import Conv1D
+
+    if packed and packing_unavailable(torch.zeros(2, 2)) is not None:
+        pytest.skip("this torch build cannot pack weights")
+    torch.manual_seed(0)
+    model = GPT(preset_config("tiny")).eval()
+    if packed:
+        model.pack_weights_()
+    seen = []
+    projections = [m for m in model.modules() if isinstance(m, Conv1D)]
+    for m in projections:
+        m.register_forward_hook(lambda mod, inp, out: seen.append(mod))
+    with torch.inference_mode():
+        model(torch.randint(0, 256, (1, 9)))
+        model.setup_cache(1, 16)
+        model.prefill(torch.randint(0, 256, (1, 9)))
+    assert len(projections) == 16 and len(seen) == 2 * 16
+    assert {id(m) for m in seen} == {id(m) for m in projections}
