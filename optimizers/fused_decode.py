@@ -253,7 +253,8 @@ class FusedDecoder:
         m, cfg, a = self.model, self.model.config, self.arena
         blocks = m.transformer.h
         shape = (m.max_batch, m.max_len, threads, blocks[0].attn.kv_cache.k.data_ptr())
-        if shape == self._shape:
+        if shape == self._shape:  # same cache and threads: the struct still holds
+            self._threads = threads
             return
         layers = (_Layer * len(blocks))()
         for i, block in enumerate(blocks):

@@ -193,3 +193,17 @@ def test_layers_of_different_widths(tmp_path):
     ids = torch.randint(0, CFG.vocab_size, (1, 6), generator=torch.Generator().manual_seed(4))
     want, got = greedy_logits(eager, ids, 10, 16), greedy_logits(fused, ids, 10, 16)
     assert (got - want).abs().max().item() < 1e-4
+
+
+def test_a_reset_to_the_same_cache_keeps_the_fast_path(tmp_path, monkeypatch):
+    """After reset() the decoder looks at the cache once, then stops looking: a reset to the
+    same shape (every latency repeat) must not leave it re-checking on every step."""
+    fused = build("fused-decode", model(), tmp_path)
+    ids = torch.randint(0, CFG.vocab_size, (1, 5), generator=torch.Generator().manual_seed(4))
+    first = greedy_logits(fused, ids, 6, 16)
+    setups = []
+    real = fused.decoder._setup
+    monkeypatch.setattr(fused.decoder, "_setup", lambda t: setups.append(t) or real(t))
+    again = greedy_logits(fused, ids, 6, 16)  # reset to the same cache shape
+    assert setups == [torch.get_num_threads()]  # once after the reset, not once a step
+    assert torch.equal(first, again)
