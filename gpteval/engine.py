@@ -159,11 +159,15 @@ class TorchEngine(Engine):
     def decode(self, token: torch.Tensor) -> torch.Tensor:
         # contiguous: a strided slice would make a compiled decode step recompile
         token = token.to(self.device).reshape(-1, 1).contiguous()
-        if self._pos_t is None:
-            raise RuntimeError("decode() before prefill(): call reset() and prefill() first")
-        logits = self.decode_fn(token, self._pos_t)
+        logits = self.decode_fn(token, self._decode_position())
         self._pos_t.add_(1)  # stream-ordered after the step that read it
         return logits.float()
+
+    def _decode_position(self) -> torch.Tensor:
+        """The position the next decode writes (a one-element tensor), set by prefill."""
+        if self._pos_t is None:
+            raise RuntimeError("decode() before prefill(): call reset() and prefill() first")
+        return self._pos_t
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

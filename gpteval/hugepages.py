@@ -60,15 +60,3 @@ def advise_huge_pages(region: mmap.mmap) -> bool:
         return False
     return True
 
-
-def huge_page_kib() -> int | None:
-    """This process's anonymous memory on huge pages (KiB, AnonHugePages of
-    /proc/self/smaps_rollup), or None where the kernel does not say."""
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("AnonHugePages:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None

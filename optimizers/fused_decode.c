@@ -90,6 +90,13 @@ static int64_t span_claim(Span *s, int back) {
     }
 }
 
+/* starts a phase of n items: thread t's even share becomes its range */
+static inline void items_begin(Span *spans, int t, int nt, int64_t n) {
+    int64_t lo, hi;
+    split(n, t, nt, &lo, &hi);
+    span_reset(&spans[t], lo, hi);
+}
+
 /* the next item for thread t: its own range first, then the others', nearest first */
 static int64_t next_item(Span *spans, int t, int nt) {
     int64_t i = span_claim(&spans[t], 0);
@@ -284,9 +291,8 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
     const int64_t hp = panels(hs); /* panels per head and per q/k/v */
     const float scale = 1.f / sqrtf((float)hs);
     Span *spans = (Span *)m->spans;
-    int64_t h0, h1, h;
-    split(nh, t, nt, &h0, &h1);
-    span_reset(&spans[t], h0, h1);
+    int64_t h;
+    items_begin(spans, t, nt, nh);
     while ((h = next_item(spans, t, nt)) >= 0) {
         float *part = parts + h * m->batch * C;
         for (int64_t b = 0; b < m->batch; b++) {
@@ -314,9 +320,8 @@ static void mlp_phase(const Model *m, const Layer *L, int t, int nt, const float
                       float *hblock, float *parts) {
     const int64_t C = m->C, units = L->H / RB; /* H padded to a multiple of RB */
     Span *spans = (Span *)m->spans;
-    int64_t u0, u1, u;
-    split(units, t, nt, &u0, &u1);
-    span_reset(&spans[t], u0, u1);
+    int64_t u;
+    items_begin(spans, t, nt, units);
     while ((u = next_item(spans, t, nt)) >= 0) {
         float *part = parts + u * m->batch * C;
         for (int64_t b = 0; b < m->batch; b++) {
@@ -368,9 +373,8 @@ int gpteval_decode_step(const Model *m, const int64_t *tokens, int64_t *pos_p,
         /* the lm_head: no partials (each panel is a slice of the logits) */
         const int64_t np = panels(m->V);
         Span *spans = (Span *)m->spans;
-        int64_t c0, c1, blk;
-        split((np + HB - 1) / HB, t, nt, &c0, &c1);
-        span_reset(&spans[t], c0, c1);
+        int64_t blk;
+        items_begin(spans, t, nt, (np + HB - 1) / HB);
         while ((blk = next_item(spans, t, nt)) >= 0)
             for (int64_t p = blk * HB; p < np && p < (blk + 1) * HB; p++)
                 for (int64_t b = 0; b < B; b++) {

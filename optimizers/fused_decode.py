@@ -336,9 +336,8 @@ class FusedDecodeEngine(TorchEngine):
     def decode(self, token: torch.Tensor) -> torch.Tensor:
         # TorchEngine.decode minus its per-step torch calls (no inference_mode either: the
         # kernel records no autograd history): the kernel itself advances the position
-        if self._pos_t is None:
-            raise RuntimeError("decode() before prefill(): call reset() and prefill() first")
-        return self.decoder(token if token.dim() == 2 else token.reshape(-1, 1), self._pos_t)
+        return self.decoder(token if token.dim() == 2 else token.reshape(-1, 1),
+                            self._decode_position())
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
