@@ -334,6 +334,36 @@ static void mlp_phase(const Model *m, const Layer *L, int t, int nt, const float
     }
 }
 
+/* logits (rows, V) of final-normed hidden states xn (rows, C): this thread's share of the
+ * lm_head (HB panels an item).  No partials: each panel is a slice of the logits. */
+static void head_phase(const Model *m, int t, int nt, const float *xn, int64_t rows,
+                       float *hpanel, float *logits) {
+    const int64_t C = m->C, np = panels(m->V);
+    Span *spans = (Span *)m->spans;
+    int64_t blk;
+    items_begin(spans, t, nt, (np + HB - 1) / HB);
+    while ((blk = next_item(spans, t, nt)) >= 0)
+        for (int64_t p = blk * HB; p < np && p < (blk + 1) * HB; p++)
+            for (int64_t b = 0; b < rows; b++) {
+                gemv_panel(xn + b * C, m->w_head + p * C * NB, C, hpanel);
+                for (int64_t j = 0; j < NB && p * NB + j < m->V; j++)
+                    logits[b * m->V + p * NB + j] = hpanel[j];
+            }
+}
+
+/* logits (rows, V) of hidden states xn (rows, C) already through ln_f: the lm_head alone,
+ * from the kernel's copy (a prefill's last position).  Returns 0; -1 as decode_step. */
+int gpteval_head(const Model *m, const float *xn, int64_t rows, float *logits, int nthreads) {
+    if (nthreads < 1 || nthreads > m->max_threads) return -1;
+    const int64_t per_thread = gpteval_scratch_floats(m);
+#pragma omp parallel num_threads(nthreads)
+    {
+        int t = omp_get_thread_num();
+        head_phase(m, t, omp_get_num_threads(), xn, rows, m->scratch + t * per_thread, logits);
+    }
+    return 0;
+}
+
 /* logits (batch, V) of tokens (batch,) at position *pos_p, advancing every layer's cache
  * and then *pos_p (the caller's position tensor: no Python-side op a step for it).
  * Returns 0; -1 when called with more threads than the scratch was sized for, -2 when the
@@ -370,18 +400,7 @@ int gpteval_decode_step(const Model *m, const int64_t *tokens, int64_t *pos_p,
         }
         for (int64_t b = 0; b < B; b++)
             layer_norm(x + b * C, m->lnf_w, m->lnf_b, C, m->eps, xn + b * C);
-        /* the lm_head: no partials (each panel is a slice of the logits) */
-        const int64_t np = panels(m->V);
-        Span *spans = (Span *)m->spans;
-        int64_t blk;
-        items_begin(spans, t, nt, (np + HB - 1) / HB);
-        while ((blk = next_item(spans, t, nt)) >= 0)
-            for (int64_t p = blk * HB; p < np && p < (blk + 1) * HB; p++)
-                for (int64_t b = 0; b < B; b++) {
-                    gemv_panel(xn + b * C, m->w_head + p * C * NB, C, hpanel);
-                    for (int64_t j = 0; j < NB && p * NB + j < m->V; j++)
-                        logits[b * m->V + p * NB + j] = hpanel[j];
-                }
+        head_phase(m, t, nt, xn, B, hpanel, logits);
     }
     *pos_p = pos + 1;
     return 0;

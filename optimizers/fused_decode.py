@@ -11,10 +11,12 @@ positions written so far.  Same float32 math as the reference: sums in another o
 
 What changes is `decode`.  Prefill stays eager, on the oneDNN-packed weights `eager` is
 measured with (the kernel is a matrix-vector product: at 128 prompt rows oneDNN's GEMM
-is the right tool); the teacher-forced forward runs the kernel token by token, so
-fidelity and perplexity measure it.  The kernel's weights are a copy laid
-out for it (panels of 16 columns for column-wise reads, zero-padded), held beside the
-packed ones: +the model's size in memory, counted in weights MB.
+is the right tool), except for its last position's lm_head, one row: that runs on the
+kernel's copy (KernelHead), the model keeps no other.  The teacher-forced forward runs
+the kernel token by token, so fidelity and perplexity measure it.  The kernel's weights
+are a copy laid out for it (panels of 16 columns for column-wise reads, zero-padded),
+held beside the packed ones: +the model's size less its lm_head in memory, counted in
+weights MB.
 
 The C source ships with the package and is compiled at the first use with the host's C
 compiler (`-O3 -march=native -fopenmp`), cached under ~/.cache/gpteval/kernels by the
@@ -96,6 +98,9 @@ def build() -> ctypes.CDLL:
         lib = ctypes.CDLL(str(out))
         lib.gpteval_decode_step.restype = ctypes.c_int
         lib.gpteval_decode_step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int]
+        lib.gpteval_head.restype = ctypes.c_int
+        lib.gpteval_head.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_void_p,
+                                                             ctypes.c_int]
         lib.gpteval_scratch_floats.restype = ctypes.c_int64
         lib.gpteval_scratch_floats.argtypes = [ctypes.c_void_p]
         lib.gpteval_partials_floats.restype = ctypes.c_int64
@@ -313,9 +318,39 @@ class FusedDecoder:
             raise RuntimeError(f"fused decode step failed ({rc})")
         return out
 
+    def head(self, xn: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) of hidden states xn (..., C) already through ln_f, from the
+        kernel's copy of the lm_head (a prefill's last position: see KernelHead)."""
+        threads = torch.get_num_threads()
+        if threads != self._threads:
+            self._setup(threads)
+        x2 = xn.reshape(-1, xn.shape[-1]).to(torch.float32).contiguous()
+        out = torch.empty(x2.shape[0], self.model.config.vocab_size, dtype=torch.float32)
+        rc = self.lib.gpteval_head(self._struct_ref, x2.data_ptr(), x2.shape[0],
+                                   out.data_ptr(), threads)
+        if rc != 0:
+            raise RuntimeError(f"fused lm_head failed ({rc})")
+        return out.view(*xn.shape[:-1], -1)
+
+
+class KernelHead(nn.Module):
+    """A fused-decode model's lm_head: the product runs on the kernel's copy of the output
+    projection (column panels on huge pages), which decode streams every step anyway, so
+    the model keeps no second, oneDNN-packed copy of it (-154 MB on GPT-2 small).  For a
+    prefill's one row per sequence it is also the faster read: GPT-2 small's 154 MB head
+    measured 6.1 ms from the packed copy (~25 GB/s, 4 KiB pages) against ~2.7 here."""
+
+    def __init__(self, decoder: FusedDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder  # not a submodule: it holds no parameters of the model's
+
+    def forward(self, xn: torch.Tensor) -> torch.Tensor:
+        return self.decoder.head(xn)
+
 
 class FusedDecodeEngine(TorchEngine):
-    """A TorchEngine whose decode runs fused_decode.c; prefill stays eager.
+    """A TorchEngine whose decode runs fused_decode.c; prefill stays eager up to ln_f, and
+    its last position's lm_head runs on the kernel's copy of it (KernelHead).
 
     `forward` (teacher-forced: fidelity, perplexity, tasks) feeds the sequence through the
     kernel a token at a time, so the quality numbers are the kernel's own, not eager's
@@ -328,6 +363,8 @@ class FusedDecodeEngine(TorchEngine):
         self.notes = te.notes
         self.decoder = FusedDecoder(te.model)
         self.decode_fn = self.decoder
+        self._head_nbytes = self.model.config.vocab_size * self.model.config.n_embd * 4
+        te.model.lm_head = KernelHead(self.decoder)  # the arena holds the head's copy now
 
     def reset(self, batch: int, max_len: int) -> None:
         super().reset(batch, max_len)
@@ -352,6 +389,11 @@ class FusedDecodeEngine(TorchEngine):
 
     def nbytes(self) -> int:
         return super().nbytes() + self.decoder.arena.nbytes
+
+    def decode_nbytes(self) -> int:
+        # the model's tables are gathered only now that its lm_head is the kernel's, which
+        # reads its (V, C) copy whole every step
+        return super().decode_nbytes() + self._head_nbytes
 
 
 class FusedDecode(Pass):
@@ -381,14 +423,15 @@ class FusedDecode(Pass):
             raise PassError(f"fused-decode runs float32 models; this one is {te.dtype}: leave "
                             "out the dtype pass")
         fused = FusedDecodeEngine(te)  # copies the weights before packing drops them
-        # prefill: the packed layout eager runs; the kernel holds its own copy
-        pack_for_cpu(fused, self.name, drop_dense=True, head_as_is=True)
+        # prefill: the packed layout eager runs (the lm_head is the kernel's already)
+        pack_for_cpu(fused, self.name, drop_dense=True)
         fused.notes.append(f"fused-decode: decode step in fused_decode.c (one OpenMP region, "
                            f"{len(te.model.transformer.h) * 2 + 1} phases a step), its own "
                            f"weight copy {fused.decoder.arena.nbytes / 2**20:.0f} MB "
-                           "in panels; prefill eager; teacher-forced forward (fidelity, "
+                           "in panels; prefill eager up to its lm_head, which is the kernel's; "
+                           "teacher-forced forward (fidelity, "
                            "perplexity) token by token through the kernel")
         return fused
 
 
-__all__ = ["FusedDecode", "FusedDecodeEngine", "FusedDecoder", "build"]
+__all__ = ["FusedDecode", "FusedDecodeEngine", "FusedDecoder", "KernelHead", "build"]

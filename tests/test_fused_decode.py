@@ -69,6 +69,28 @@ def test_matches_eager_across_cache_shapes_and_threads(tmp_path, threads):
         torch.set_num_threads(before)
 
 
+def test_prefill_logits_come_from_the_kernels_head(tmp_path, monkeypatch):
+    """A prefill runs eager up to ln_f and the lm_head on the kernel's copy: the same
+    logits as eager's prefill (B, 1, V), at any thread count, through gpteval_head."""
+    eager, fused = build("eager", model(), tmp_path), build("fused-decode", model(), tmp_path)
+    calls = []
+    head = fused.decoder.head
+    monkeypatch.setattr(fused.decoder, "head", lambda xn: calls.append(xn.shape) or head(xn))
+    ids = torch.randint(0, CFG.vocab_size, (3, 11), generator=torch.Generator().manual_seed(4))
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            for engine in (eager, fused):
+                engine.reset(3, 16)
+            want, got = eager.prefill(ids), fused.prefill(ids)
+            assert got.shape == want.shape == (3, 1, CFG.vocab_size)
+            assert (got - want).abs().max().item() < 1e-5
+    finally:
+        torch.set_num_threads(before)
+    assert calls == [(3, 1, CFG.n_embd)] * 3
+
+
 def test_logits_do_not_depend_on_the_thread_count(tmp_path):
     """Threads steal heads and hidden-unit blocks from each other, but every item has its
     own partial and the partials are added in item order: the same bits at 1, 2 and 3
@@ -102,11 +124,14 @@ def test_pruned_widths_are_padded_not_dropped(tmp_path):
 
 def test_weights_held_twice_are_counted(tmp_path):
     """The kernel's panel copy is held beside the packed weights prefill runs on: weights MB
-    says so, while a decode step still reads each weight once."""
+    says so, less the lm_head, which only the kernel's copy holds; a decode step still
+    reads each weight once."""
     eager, fused = build("eager", model(), tmp_path), build("fused-decode", model(), tmp_path)
     arena = fused.decoder.arena.nbytes
     assert arena >= eager.decode_nbytes() - 4 * CFG.vocab_size  # every projection, padded
-    assert fused.nbytes() == eager.nbytes() + arena
+    head = 4 * CFG.vocab_size * CFG.n_embd  # eager's (C, V) packed head: none in fused's model
+    assert isinstance(fused.model.lm_head, fused_decode.KernelHead)
+    assert fused.nbytes() == eager.nbytes() - head + arena
     assert fused.decode_nbytes() == eager.decode_nbytes()
     assert any("fused_decode.c" in n for n in fused.notes)
 

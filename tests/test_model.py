@@ -148,3 +148,28 @@ def test_every_projection_runs_through_its_module_call(packed):
         model.prefill(torch.randint(0, 256, (1, 9)))
     assert len(projections) == 16 and len(seen) == 2 * 16
     assert {id(m) for m in seen} == {id(m) for m in projections}
+
+
+def test_prefill_runs_the_last_blocks_output_for_the_last_position_only(tiny_model):
+    """A prefill needs every position's key and value but only the last position's
+    logits: the last block's c_attn sees every row, its c_proj and MLP one row, while
+    every earlier block and the teacher-forced forward see them all."""
+    rows = {}
+
+    def record(name):
+        return lambda mod, inp, out: rows.setdefault(name, []).append(inp[0].shape[-2])
+
+    last, first = tiny_model.transformer.h[-1], tiny_model.transformer.h[0]
+    hooks = [last.attn.c_attn.register_forward_hook(record("last.c_attn")),
+             last.attn.c_proj.register_forward_hook(record("last.attn.c_proj")),
+             last.mlp.c_fc.register_forward_hook(record("last.c_fc")),
+             first.mlp.c_fc.register_forward_hook(record("first.c_fc"))]
+    ids = torch.randint(0, tiny_model.config.vocab_size, (2, 11))
+    with torch.no_grad():
+        tiny_model.setup_cache(2, 16)
+        tiny_model.prefill(ids)
+        tiny_model(ids)
+    for h in hooks:
+        h.remove()
+    assert rows == {"last.c_attn": [11, 11], "last.attn.c_proj": [1, 11],
+                    "last.c_fc": [1, 11], "first.c_fc": [11, 11]}
