@@ -22,11 +22,13 @@ _TWO_C3 = _TWO_C * 0.044715
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's gelu (tanh approximation).  Eager CPU inference takes the sigmoid form, in
-    place on one new tensor; autograd (its in-place ops), graph capture (compile and ONNX
-    export keep the one gelu op they fuse or map) and other devices take `F.gelu`."""
-    if (x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad)
-            or in_graph_capture()):
+    """GPT-2's gelu (tanh approximation).  Eager float32 CPU inference takes the sigmoid
+    form, in place on one new tensor; autograd (its in-place ops), graph capture (compile
+    and ONNX export keep the one gelu op they fuse or map), other devices and other dtypes
+    take `F.gelu` (in bf16/fp16 it computes in float32 and rounds once, where the form's
+    four ops would round four times)."""
+    if (x.device.type != "cpu" or x.dtype != torch.float32
+            or (torch.is_grad_enabled() and x.requires_grad) or in_graph_capture()):
         return F.gelu(x, approximate="tanh")
     u = torch.addcmul(torch.full((), _TWO_C, dtype=x.dtype), x, x, value=_TWO_C3)
     return u.mul_(x).sigmoid_().mul_(x)

@@ -46,3 +46,10 @@ def test_input_is_left_alone_and_autograd_gets_torch_gelu():
     gelu_tanh(w).sum().backward()
     expected = torch.autograd.grad(F.gelu(w, approximate="tanh").sum(), w)[0]
     assert torch.allclose(w.grad, expected)
+
+
+def test_half_precision_keeps_torch_gelu():
+    """bf16 through the sigmoid form would round after each of its ops; F.gelu rounds once."""
+    x = torch.linspace(-6, 6, 4001).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))
