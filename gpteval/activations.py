@@ -27,8 +27,9 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     and ONNX export keep the one gelu op they fuse or map), other devices and other dtypes
     take `F.gelu` (in bf16/fp16 it computes in float32 and rounds once, where the form's
     four ops would round four times)."""
-    if (x.device.type != "cpu" or x.dtype != torch.float32
-            or (torch.is_grad_enabled() and x.requires_grad) or in_graph_capture()):
+    # graph capture first: dynamo must not trace the eager branch's checks and ops
+    if (in_graph_capture() or x.device.type != "cpu" or x.dtype != torch.float32
+            or (torch.is_grad_enabled() and x.requires_grad)):
         return F.gelu(x, approximate="tanh")
     u = torch.addcmul(torch.full((), _TWO_C, dtype=x.dtype), x, x, value=_TWO_C3)
     return u.mul_(x).sigmoid_().mul_(x)

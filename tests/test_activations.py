@@ -53,3 +53,16 @@ def test_half_precision_keeps_torch_gelu():
     x = torch.linspace(-6, 6, 4001).to(torch.bfloat16)
     with torch.inference_mode():
         assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))
+
+
+def test_graph_capture_sees_torch_gelu(monkeypatch):
+    """compile and ONNX export must find the one gelu op they fuse or map to Gelu."""
+    import gpteval.activations as act
+
+    x = torch.linspace(-6, 6, 4001)
+    with torch.inference_mode():
+        eager_form = gelu_tanh(x)
+        monkeypatch.setattr(act, "in_graph_capture", lambda: True)
+        captured = gelu_tanh(x)
+    assert torch.equal(captured, F.gelu(x, approximate="tanh"))
+    assert not torch.equal(eager_form, captured)  # the eager form is another computation
