@@ -363,7 +363,6 @@ class FusedDecodeEngine(TorchEngine):
         self.notes = te.notes
         self.decoder = FusedDecoder(te.model)
         self.decode_fn = self.decoder
-        self._head_nbytes = self.model.config.vocab_size * self.model.config.n_embd * 4
         te.model.lm_head = KernelHead(self.decoder)  # the arena holds the head's copy now
 
     def reset(self, batch: int, max_len: int) -> None:
@@ -392,8 +391,9 @@ class FusedDecodeEngine(TorchEngine):
 
     def decode_nbytes(self) -> int:
         # the model's tables are gathered only now that its lm_head is the kernel's, which
-        # reads its (V, C) copy whole every step
-        return super().decode_nbytes() + self._head_nbytes
+        # reads its float32 (V, C) copy whole every step
+        cfg = self.model.config
+        return super().decode_nbytes() + cfg.vocab_size * cfg.n_embd * 4
 
 
 class FusedDecode(Pass):
