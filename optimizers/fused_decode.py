@@ -129,7 +129,8 @@ class _Layer(ctypes.Structure):
     _fields_ = ([(n, _P) for n in ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w",
                                    "ln2_b", "w_fc", "b_fc", "w_fc2", "b_fc2", "k_cache",
                                    "v_cache")]
-                + [(n, ctypes.c_int64) for n in ("n_head", "H")])
+                + [(n, ctypes.c_int64) for n in ("n_head", "H", "head_stride",
+                                                 "unit_stride")])
 
 
 class _Model(ctypes.Structure):
@@ -187,6 +188,8 @@ class WeightArena:
     def __init__(self, model: GPT) -> None:
         pieces: list[tuple[str, torch.Tensor]] = []
         self.layer_dims: list[tuple[int, int]] = []  # (heads, padded MLP width) per layer
+        self.strides: list[tuple[int, int]] = []  # (head_stride, unit_stride) floats
+        self.inside: dict[str, tuple[str, int]] = {}  # matrix -> (piece, float offset)
         self.hs = 0
         for i, block in enumerate(model.transformer.h):
             attn, mlp = block.attn, block.mlp
@@ -214,13 +217,24 @@ class WeightArena:
             hidden = -(-w_fc.shape[1] // RB) * RB  # padded: the kernel takes RB units at a time
             w_fc, b_fc = _pad_cols(w_fc, hidden), _pad_cols(mlp.c_fc.bias.detach(), hidden)
             self.layer_dims.append((nh, hidden))
+            # per work item, flat: a head's q, k, v panels and its c_proj rows; a block of
+            # RB hidden units' c_fc panels and its c_proj rows
+            qkv = qkv.reshape(nh, -1)
+            w_o = _row_blocks(_dense(attn.c_proj.weight, "attn.c_proj"), hs).reshape(nh, -1)
+            fc = _panels(w_fc).reshape(hidden // RB, -1)
+            fc2 = _row_blocks(_dense(mlp.c_proj.weight, "mlp.c_proj"), RB).reshape(hidden // RB, -1)
+            # each item's pieces side by side, so a thread's share of a phase is one stream
+            # (the kernel's header has the measurement); the kernel steps by these strides
+            self.strides.append((qkv.shape[1] + w_o.shape[1], fc.shape[1] + fc2.shape[1]))
+            self.inside.update({f"{i}.w_qkv": (f"{i}.attn", 0),
+                                f"{i}.w_o": (f"{i}.attn", qkv.shape[1]),
+                                f"{i}.w_fc": (f"{i}.mlp", 0),
+                                f"{i}.w_fc2": (f"{i}.mlp", fc.shape[1])})
             pieces += [(f"{i}.ln1_w", block.ln_1.weight), (f"{i}.ln1_b", block.ln_1.bias),
-                       (f"{i}.w_qkv", qkv), (f"{i}.b_qkv", attn.c_attn.bias),
-                       (f"{i}.w_o", _row_blocks(_dense(attn.c_proj.weight, "attn.c_proj"), hs)),
-                       (f"{i}.b_o", attn.c_proj.bias),
+                       (f"{i}.b_qkv", attn.c_attn.bias),
+                       (f"{i}.attn", torch.cat([qkv, w_o], 1)), (f"{i}.b_o", attn.c_proj.bias),
                        (f"{i}.ln2_w", block.ln_2.weight), (f"{i}.ln2_b", block.ln_2.bias),
-                       (f"{i}.w_fc", _panels(w_fc)), (f"{i}.b_fc", b_fc),
-                       (f"{i}.w_fc2", _row_blocks(_dense(mlp.c_proj.weight, "mlp.c_proj"), RB)),
+                       (f"{i}.b_fc", b_fc), (f"{i}.mlp", torch.cat([fc, fc2], 1)),
                        (f"{i}.b_fc2", mlp.c_proj.bias)]
         ln_f = model.transformer.ln_f
         pieces += [("lnf_w", ln_f.weight), ("lnf_b", ln_f.bias),
@@ -237,6 +251,8 @@ class WeightArena:
             self.buffer[offsets[name]:offsets[name] + t.numel()].view(t.shape).copy_(t)
         base = self.buffer.data_ptr()
         self.ptr = {name: base + 4 * off for name, off in offsets.items()}
+        for name, (piece, off) in self.inside.items():
+            self.ptr[name] = self.ptr[piece] + 4 * off
 
     @property
     def nbytes(self) -> int:
@@ -271,6 +287,7 @@ class FusedDecoder:
                 raise RuntimeError("fused-decode needs a contiguous float32 KV cache")
             layers[i].k_cache, layers[i].v_cache = cache.k.data_ptr(), cache.v.data_ptr()
             layers[i].n_head, layers[i].H = a.layer_dims[i]
+            layers[i].head_stride, layers[i].unit_stride = a.strides[i]
         s = _Model(n_layer=len(blocks), C=cfg.n_embd, hs=a.hs, V=cfg.vocab_size,
                    max_len=m.max_len, batch=m.max_batch,
                    max_threads=threads, eps=cfg.layer_norm_eps,

@@ -136,6 +136,30 @@ def test_weights_held_twice_are_counted(tmp_path):
     assert any("fused_decode.c" in n for n in fused.notes)
 
 
+def test_each_threads_share_of_a_phase_is_one_stream(tmp_path):
+    """A work item's matrices sit side by side (a head's q, k, v panels then its c_proj rows;
+    a unit block's c_fc panels then its c_proj rows), and item after item: the byte ranges
+    the kernel reads in a phase, item by item, tile the phase's piece with no gap.  On a
+    pruned model too, whose MLP width is padded to the block size."""
+    nb, rb = fused_decode.NB, fused_decode.RB
+    c, hs = CFG.n_embd, CFG.n_embd // CFG.n_head
+    for variant in ("fused-decode", "prune-structured:0.3+fused-decode"):
+        arena = build(variant, model(), tmp_path).decoder.arena
+        for i, ((heads, hidden), (head_stride, unit_stride)) in enumerate(
+                zip(arena.layer_dims, arena.strides)):
+            phases = (("attn", "w_qkv", 3 * -(-hs // nb) * nb * c, "w_o", hs * c, heads,
+                       head_stride),
+                      ("mlp", "w_fc", rb * c, "w_fc2", rb * c, hidden // rb, unit_stride))
+            for piece, first, n_first, second, n_second, items, stride in phases:
+                at = arena.ptr[f"{i}.{piece}"]
+                for item in range(items):
+                    for name, n in ((first, n_first), (second, n_second)):
+                        assert arena.ptr[f"{i}.{name}"] + 4 * stride * item == at, \
+                            (variant, i, name, item)
+                        at += 4 * n
+                assert at == arena.ptr[f"{i}.{piece}"] + 4 * stride * items
+
+
 def test_decode_past_the_cache_is_refused(tmp_path):
     fused = build("fused-decode", model(), tmp_path)
     fused.reset(1, 8)
