@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -370,11 +371,24 @@ class GPT(nn.Module):
         return torch.cat(out, dim=1)
 
 
+def greedy_token(logits: torch.Tensor) -> torch.Tensor:
+    """argmax(logits, dim=-1, keepdim=True) as int64: the greedy next token (B, 1) of (B, V).
+
+    CPU float32 logits go through numpy, whose argmax is vectorized: 6 µs over GPT-2's
+    50,257 logits where torch's CPU argmax, a scalar loop, took 44 (0.4 % of a 9.5 ms
+    decode step, paid by every generated token).  The same answer: the first maximum, and a
+    NaN counts as the maximum, as in torch (tests/test_model.py holds both to it)."""
+    if (logits.device.type != "cpu" or logits.dtype != torch.float32 or logits.requires_grad
+            or torch.compiler.is_compiling()):
+        return logits.argmax(dim=-1, keepdim=True)
+    return torch.from_numpy(np.argmax(logits.numpy(), axis=-1, keepdims=True).astype(np.int64))
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Next token (B, 1) from logits (B, V): argmax at temperature 0, else top-k sampling."""
     if temperature <= 0:
-        return logits.argmax(dim=-1, keepdim=True)
+        return greedy_token(logits)
     logits = logits.float() / temperature
     if top_k is not None:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))

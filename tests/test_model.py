@@ -173,3 +173,24 @@ def test_prefill_runs_the_last_blocks_output_for_the_last_position_only(tiny_mod
         h.remove()
     assert rows == {"last.c_attn": [11, 11], "last.attn.c_proj": [1, 11],
                     "last.c_fc": [1, 11], "first.c_fc": [11, 11]}
+
+
+def test_greedy_token_is_torchs_argmax():
+    """greedy_token takes numpy's argmax on CPU float32 logits: the same tokens as torch's,
+    first maximum on ties, a NaN as the maximum, strided views, and torch's own path for
+    other dtypes."""
+    from gpteval.model import greedy_token
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 50257, generator=gen)
+    logits[1, 7] = logits[1, 9000] = 50.0  # a tie: the first wins
+    logits[2, 11], logits[2, 20] = float("nan"), float("nan")  # the first NaN wins
+    logits[0, :] = float("-inf")
+    logits[0, 123] = -1e30
+    views = [logits, logits[:, ::2], torch.randn(2, 5, 300, generator=gen)[:, -1, :],
+             logits.to(torch.bfloat16)]
+    for x in views:
+        got = greedy_token(x)
+        assert got.dtype == torch.int64 and got.shape == (x.shape[0], 1)
+        assert torch.equal(got, x.argmax(dim=-1, keepdim=True))
+    assert greedy_token(logits)[:, 0].tolist() == [123, 7, 11]

@@ -24,6 +24,7 @@ import torch
 
 from ..engine import Engine
 from ..errors import UserError
+from ..model import greedy_token
 from .stats import Stats
 from .timer import Clock, repeat
 
@@ -89,12 +90,12 @@ def greedy_generate(engine: Engine, ids: torch.Tensor, new_tokens: int,
     logits.  Returns the N new tokens (B, N).  `after_token()` is called once each token
     exists (latency puts its clock marks there).  The caller resets the engine."""
     logits = engine.prefill(ids)[:, -1, :]
-    token = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    token = greedy_token(logits)  # (B, 1)
     out = [token]
     if after_token is not None:
         after_token()
     for _ in range(new_tokens - 1):
-        token = engine.decode(token).argmax(dim=-1, keepdim=True)
+        token = greedy_token(engine.decode(token))
         out.append(token)
         if after_token is not None:
             after_token()
