@@ -191,7 +191,7 @@ class TorchEngine(Engine):
 class HFEngine(Engine):
     """Hugging Face `GPT2LMHeadModel` with the same weights: the peer in reports.
 
-    Decode feeds the model's own `past_key_values` back, as `generate()` does."""
+    Decode feeds the model's own cache back, as `generate()` does."""
 
     backend = "hf"
 
@@ -221,6 +221,9 @@ class HFEngine(Engine):
         params = inspect.signature(hf.forward).parameters
         self._keep_last = ({"logits_to_keep": 1} if "logits_to_keep" in params else
                            {"num_logits_to_keep": 1} if "num_logits_to_keep" in params else {})
+        # transformers 5.24 renamed the cache argument and output `past_key_values` ->
+        # `cache` (the old name warns, and goes in 5.40); use whichever this version has
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def reset(self, batch: int, max_len: int) -> None:
         self._past = None
@@ -230,15 +233,15 @@ class HFEngine(Engine):
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         # logits_to_keep=1 is what HF's own generate() passes (num_logits_to_keep before 4.50)
         out = self.model(input_ids=ids.to(self.device), use_cache=True, **self._keep_last)
-        self._past = out.past_key_values
+        self._past = out[self._cache_arg]
         self._pos = ids.shape[1]
         return out.logits[:, -1:].float()
 
     @torch.inference_mode()
     def decode(self, token: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=token.to(self.device).view(-1, 1),
-                         past_key_values=self._past, use_cache=True)
-        self._past = out.past_key_values
+                         **{self._cache_arg: self._past}, use_cache=True)
+        self._past = out[self._cache_arg]
         self._pos += 1
         return out.logits[:, -1, :].float()
 

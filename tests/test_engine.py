@@ -40,3 +40,28 @@ def test_eager_transposed_head_is_bit_identical(tiny_model, tmp_path):
     t = e.model.transformer
     # the head reads its own (C, V) copy; both tables are held, only the head is read
     assert e.decode_nbytes() == e.nbytes() - (t.wte.weight.numel() + t.wpe.weight.numel()) * 4
+
+
+def test_hf_peer_decodes_without_deprecated_arguments(tiny_model):
+    """The hf peer passes its cache under the name the installed transformers takes
+    (`cache` since 5.24, where `past_key_values` warns and goes in 5.40): a prefill and
+    decode steps raise no FutureWarning, and the steps match the reference model's."""
+    import warnings
+
+    import torch
+
+    pytest.importorskip("transformers")
+    from gpteval.engine import HFEngine
+
+    hf, ref = HFEngine(tiny_model), TorchEngine(tiny_model)
+    ids = torch.randint(0, tiny_model.config.vocab_size, (2, 5),
+                        generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for e in (hf, ref):
+            e.reset(2, 8)
+        got, want = hf.prefill(ids)[:, -1], ref.prefill(ids)[:, -1]
+        for _ in range(2):
+            token = want.argmax(-1, keepdim=True)
+            got, want = hf.decode(token), ref.decode(token)
+    assert torch.allclose(got, want, atol=1e-4)
