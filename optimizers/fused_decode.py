@@ -189,7 +189,7 @@ class WeightArena:
         pieces: list[tuple[str, torch.Tensor]] = []
         self.layer_dims: list[tuple[int, int]] = []  # (heads, padded MLP width) per layer
         self.strides: list[tuple[int, int]] = []  # (head_stride, unit_stride) floats
-        self.inside: dict[str, tuple[str, int]] = {}  # matrix -> (piece, float offset)
+        inside: dict[str, tuple[str, int]] = {}  # matrix -> (piece, float offset), for ptr
         self.hs = 0
         for i, block in enumerate(model.transformer.h):
             attn, mlp = block.attn, block.mlp
@@ -226,10 +226,10 @@ class WeightArena:
             # each item's pieces side by side, so a thread's share of a phase is one stream
             # (the kernel's header has the measurement); the kernel steps by these strides
             self.strides.append((qkv.shape[1] + w_o.shape[1], fc.shape[1] + fc2.shape[1]))
-            self.inside.update({f"{i}.w_qkv": (f"{i}.attn", 0),
-                                f"{i}.w_o": (f"{i}.attn", qkv.shape[1]),
-                                f"{i}.w_fc": (f"{i}.mlp", 0),
-                                f"{i}.w_fc2": (f"{i}.mlp", fc.shape[1])})
+            inside.update({f"{i}.w_qkv": (f"{i}.attn", 0),
+                           f"{i}.w_o": (f"{i}.attn", qkv.shape[1]),
+                           f"{i}.w_fc": (f"{i}.mlp", 0),
+                           f"{i}.w_fc2": (f"{i}.mlp", fc.shape[1])})
             pieces += [(f"{i}.ln1_w", block.ln_1.weight), (f"{i}.ln1_b", block.ln_1.bias),
                        (f"{i}.b_qkv", attn.c_attn.bias),
                        (f"{i}.attn", torch.cat([qkv, w_o], 1)), (f"{i}.b_o", attn.c_proj.bias),
@@ -251,7 +251,7 @@ class WeightArena:
             self.buffer[offsets[name]:offsets[name] + t.numel()].view(t.shape).copy_(t)
         base = self.buffer.data_ptr()
         self.ptr = {name: base + 4 * off for name, off in offsets.items()}
-        for name, (piece, off) in self.inside.items():
+        for name, (piece, off) in inside.items():
             self.ptr[name] = self.ptr[piece] + 4 * off
 
     @property
