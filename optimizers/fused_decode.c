@@ -49,6 +49,8 @@ typedef struct {
 
 typedef struct {
     int64_t n_layer, C, hs, V, max_len, batch, max_threads;
+    int64_t wte_panels; /* 1: wte points at w_head (tied weights), token t's embedding is
+                           column t of the head's panels; 0: wte is a (V, C) table */
     float eps;
     const float *wte, *wpe, *lnf_w, *lnf_b, *w_head; /* w_head: panels of the (C, V) head */
     Layer *layers;
@@ -372,12 +374,15 @@ int gpteval_head(const Model *m, const float *xn, int64_t rows, float *logits, i
 /* logits (batch, V) of tokens (batch,) at position *pos_p, advancing every layer's cache
  * and then *pos_p (the caller's position tensor: no Python-side op a step for it).
  * Returns 0; -1 when called with more threads than the scratch was sized for, -2 when the
- * position is outside the cache (nothing is written then). */
+ * position is outside the cache, -3 when a token is outside the vocabulary (nothing is
+ * written then). */
 int gpteval_decode_step(const Model *m, const int64_t *tokens, int64_t *pos_p,
                         float *logits, int nthreads) {
     if (nthreads < 1 || nthreads > m->max_threads) return -1;
     const int64_t C = m->C, B = m->batch, pos = *pos_p;
     if (pos < 0 || pos >= m->max_len) return -2;
+    for (int64_t b = 0; b < B; b++)
+        if (tokens[b] < 0 || tokens[b] >= m->V) return -3;
     const int64_t per_thread = gpteval_scratch_floats(m), partials = gpteval_partials_floats(m);
 #pragma omp parallel num_threads(nthreads)
     {
@@ -385,9 +390,13 @@ int gpteval_decode_step(const Model *m, const int64_t *tokens, int64_t *pos_p,
         float *x = m->scratch + t * per_thread, *xn = x + B * C, *qkv = xn + B * C;
         float *yh = qkv + 3 * panels(m->hs) * NB, *scores = yh + m->hs;
         float *hpanel = scores + panels(m->max_len) * NB;
-        for (int64_t b = 0; b < B; b++)
+        for (int64_t b = 0; b < B; b++) {
+            /* a column of the panels is C floats NB apart (one line each): ~1 us a token */
+            const int64_t t = tokens[b], step = m->wte_panels ? NB : 1;
+            const float *e = m->wte + (m->wte_panels ? (t / NB) * C * NB + t % NB : t * C);
             for (int64_t c = 0; c < C; c++)
-                x[b * C + c] = m->wte[tokens[b] * C + c] + m->wpe[pos * C + c];
+                x[b * C + c] = e[c * step] + m->wpe[pos * C + c];
+        }
         int phase = 0;
         for (int64_t l = 0; l < m->n_layer; l++) {
             const Layer *L = &m->layers[l];

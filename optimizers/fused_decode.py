@@ -9,14 +9,16 @@ thread streaming its own contiguous slice of the weights) and reads only the cac
 positions written so far.  Same float32 math as the reference: sums in another order
 (split-K partials, four accumulators), logits within ~1e-6 of eager on GPT-2.
 
-What changes is `decode`.  Prefill stays eager, on the oneDNN-packed weights `eager` is
-measured with (the kernel is a matrix-vector product: at 128 prompt rows oneDNN's GEMM
-is the right tool), except for its last position's lm_head, one row: that runs on the
-kernel's copy (KernelHead), the model keeps no other.  The teacher-forced forward runs
-the kernel token by token, so fidelity and perplexity measure it.  The kernel's weights
-are a copy laid out for it (panels of 16 columns for column-wise reads, zero-padded),
-held beside the packed ones: +the model's size less its lm_head in memory, counted in
-weights MB.
+What changes is `decode`.  Prefill stays the eager model's code (layer norms, SDPA,
+gelu), but its projections read the kernel's weight copy: the four block projections
+through fused_prefill.c's GEMMs (fused_prefill.py: ArenaProjection, as fast as oneDNN's
+packed GEMM at 128 rows), its last position's lm_head through the kernel's own head
+(KernelHead), and where the head is tied to the token table (GPT-2) the embedding
+gathers the head's columns (HeadEmbedding).  The model keeps no other copy of them: the
+variant holds its weights once (gpt2: 475 MiB with its cache, was 965; eager's 622 hold
+a second, (in, out) lm_head).  The teacher-forced forward runs the kernel token by token,
+so fidelity and perplexity measure it.  The weight copy is laid out for the kernel
+(panels of 16 columns for column-wise reads, zero-padded).
 
 The C source ships with the package and is compiled at the first use with the host's C
 compiler (`-O3 -march=native -fopenmp`), cached under ~/.cache/gpteval/kernels by the
@@ -38,20 +40,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gpteval.engine import Engine, TorchEngine
+from gpteval.engine import Engine, TorchEngine, module_nbytes, tensor_nbytes
 from gpteval.hugepages import huge_page_empty
 from gpteval.model import GPT, Conv1D, LinearHead, TransposedHead
 
+from . import fused_prefill
 from .base import (
     Pass,
     PassContext,
     PassError,
     PassSkipped,
-    pack_for_cpu,
     require_torch_engine,
 )
 
 SOURCE = Path(__file__).with_name("fused_decode.c")
+PREFILL_SOURCE = Path(__file__).with_name("fused_prefill.c")
 NB = 16  # panel width; NB and RB must match fused_decode.c
 RB = 64  # hidden units of the MLP a row block of its second projection holds
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
@@ -83,13 +86,14 @@ def build() -> ctypes.CDLL:
                             "or set CC")
         version = subprocess.run([cc, "--version"], capture_output=True, text=True,
                                  check=False).stdout
-        key = hashlib.sha256(SOURCE.read_bytes() + version.encode()
+        sources = [SOURCE, PREFILL_SOURCE]
+        key = hashlib.sha256(b"".join(s.read_bytes() for s in sources) + version.encode()
                              + " ".join(CFLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
         out = cache_dir() / f"fused_decode-{key}.so"
         if not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(f".{os.getpid()}.tmp")
-            proc = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", str(tmp), "-lm"],
+            proc = subprocess.run([cc, *CFLAGS, *map(str, sources), "-o", str(tmp), "-lm"],
                                   capture_output=True, text=True, check=False)
             if proc.returncode != 0:  # e.g. a compiler without OpenMP: this host cannot run it
                 last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
@@ -105,6 +109,7 @@ def build() -> ctypes.CDLL:
         lib.gpteval_scratch_floats.argtypes = [ctypes.c_void_p]
         lib.gpteval_partials_floats.restype = ctypes.c_int64
         lib.gpteval_partials_floats.argtypes = [ctypes.c_void_p]
+        fused_prefill.declare(lib)
         _lib = lib
         return lib
 
@@ -135,7 +140,7 @@ class _Layer(ctypes.Structure):
 
 class _Model(ctypes.Structure):
     _fields_ = ([(n, ctypes.c_int64) for n in ("n_layer", "C", "hs", "V", "max_len", "batch",
-                                              "max_threads")]
+                                              "max_threads", "wte_panels")]
                 + [("eps", ctypes.c_float)]
                 + [(n, _P) for n in ("wte", "wpe", "lnf_w", "lnf_b", "w_head", "layers",
                                      "scratch", "partials", "spans")])
@@ -251,6 +256,8 @@ class WeightArena:
             self.buffer[offsets[name]:offsets[name] + t.numel()].view(t.shape).copy_(t)
         base = self.buffer.data_ptr()
         self.ptr = {name: base + 4 * off for name, off in offsets.items()}
+        head = dict(pieces)["w_head"]  # (V/NB, C, NB) panels: an embedding can read them too
+        self.head_panels = self.buffer[offsets["w_head"]:][:head.numel()].view(head.shape)
         for name, (piece, off) in inside.items():
             self.ptr[name] = self.ptr[piece] + 4 * off
 
@@ -288,10 +295,11 @@ class FusedDecoder:
             layers[i].k_cache, layers[i].v_cache = cache.k.data_ptr(), cache.v.data_ptr()
             layers[i].n_head, layers[i].H = a.layer_dims[i]
             layers[i].head_stride, layers[i].unit_stride = a.strides[i]
+        tied = isinstance(m.transformer.wte, fused_prefill.HeadEmbedding)
         s = _Model(n_layer=len(blocks), C=cfg.n_embd, hs=a.hs, V=cfg.vocab_size,
                    max_len=m.max_len, batch=m.max_batch,
-                   max_threads=threads, eps=cfg.layer_norm_eps,
-                   wte=m.transformer.wte.weight.data_ptr(),
+                   max_threads=threads, wte_panels=int(tied), eps=cfg.layer_norm_eps,
+                   wte=a.ptr["w_head"] if tied else m.transformer.wte.weight.data_ptr(),
                    wpe=m.transformer.wpe.weight.data_ptr(), lnf_w=a.ptr["lnf_w"],
                    lnf_b=a.ptr["lnf_b"], w_head=a.ptr["w_head"],
                    layers=ctypes.cast(layers, _P))
@@ -331,6 +339,9 @@ class FusedDecoder:
         if rc == -2:
             raise ValueError(f"decode at position {int(pos[0])}: the cache holds "
                              f"{self._token_shape[0]} x {self.model.max_len}")
+        if rc == -3:
+            raise IndexError(f"decode of token {token.flatten().tolist()}: outside the "
+                             f"vocabulary of {self.model.config.vocab_size}")
         if rc != 0:
             raise RuntimeError(f"fused decode step failed ({rc})")
         return out
@@ -366,8 +377,8 @@ class KernelHead(nn.Module):
 
 
 class FusedDecodeEngine(TorchEngine):
-    """A TorchEngine whose decode runs fused_decode.c; prefill stays eager up to ln_f, and
-    its last position's lm_head runs on the kernel's copy of it (KernelHead).
+    """A TorchEngine whose decode runs fused_decode.c; prefill runs the eager model's code
+    with its projections on the kernel's weight copy (ArenaProjection, KernelHead).
 
     `forward` (teacher-forced: fidelity, perplexity, tasks) feeds the sequence through the
     kernel a token at a time, so the quality numbers are the kernel's own, not eager's
@@ -380,7 +391,13 @@ class FusedDecodeEngine(TorchEngine):
         self.notes = te.notes
         self.decoder = FusedDecoder(te.model)
         self.decode_fn = self.decoder
-        te.model.lm_head = KernelHead(self.decoder)  # the arena holds the head's copy now
+        # the arena holds these weights now: the model keeps no copy of its own
+        # the token table too where the head is tied to it (GPT-2): its rows are the
+        # head's columns
+        fused_prefill.route_embedding(te.model, self.decoder.arena, NB)
+        te.model.lm_head = KernelHead(self.decoder)
+        self._projection_nbytes = fused_prefill.route_projections(
+            te.model, self.decoder.arena, self.decoder.lib, NB, RB)
 
     def reset(self, batch: int, max_len: int) -> None:
         super().reset(batch, max_len)
@@ -407,10 +424,14 @@ class FusedDecodeEngine(TorchEngine):
         return super().nbytes() + self.decoder.arena.nbytes
 
     def decode_nbytes(self) -> int:
-        # the model's tables are gathered only now that its lm_head is the kernel's, which
-        # reads its float32 (V, C) copy whole every step
-        cfg = self.model.config
-        return super().decode_nbytes() + cfg.vocab_size * cfg.n_embd * 4
+        # what eager's count says a step reads: the lm_head (V, C) whole, the block
+        # projections, norms and biases; the model itself now holds only the norms, the
+        # gathered position table (and the token table where untied) and the KV cache
+        cfg, t = self.model.config, self.model.transformer
+        gathered = sum(tensor_nbytes(e.weight) for e in (t.wte, t.wpe)
+                       if isinstance(e, nn.Embedding))
+        return (module_nbytes(self.model) - gathered + cfg.vocab_size * cfg.n_embd * 4
+                + self._projection_nbytes)
 
 
 class FusedDecode(Pass):
@@ -439,14 +460,12 @@ class FusedDecode(Pass):
         if te.dtype != torch.float32:
             raise PassError(f"fused-decode runs float32 models; this one is {te.dtype}: leave "
                             "out the dtype pass")
-        fused = FusedDecodeEngine(te)  # copies the weights before packing drops them
-        # prefill: the packed layout eager runs (the lm_head is the kernel's already)
-        pack_for_cpu(fused, self.name, drop_dense=True)
+        fused = FusedDecodeEngine(te)
         fused.notes.append(f"fused-decode: decode step in fused_decode.c (one OpenMP region, "
                            f"{len(te.model.transformer.h) * 2 + 1} phases a step), its own "
                            f"weight copy {fused.decoder.arena.nbytes / 2**20:.0f} MB "
-                           "in panels; prefill eager up to its lm_head, which is the kernel's; "
-                           "teacher-forced forward (fidelity, "
+                           "in panels, the only one held: prefill's projections and lm_head "
+                           "read it too (fused_prefill.c); teacher-forced forward (fidelity, "
                            "perplexity) token by token through the kernel")
         return fused
 

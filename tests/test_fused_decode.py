@@ -12,6 +12,7 @@ from optimizers import (
     PassContext,
     PassError,
     fused_decode,
+    fused_prefill,
     parse_pipeline,
     pass_class,
     run_pipeline,
@@ -114,26 +115,67 @@ def test_pruned_widths_are_padded_not_dropped(tmp_path):
     (zero-padded) and fewer heads: the fused step must still match the pruned eager model."""
     pruned = build("prune-structured:0.3", model(), tmp_path)
     fused = build("prune-structured:0.3+fused-decode", model(), tmp_path)
-    hidden = fused.model.transformer.h[0].mlp.c_fc.out_features
+    hidden = pruned.model.transformer.h[0].mlp.c_fc.out_features
     assert hidden % fused_decode.RB, "the test needs a width the kernel has to pad"
+    # the prefill's MLP runs at the copy's padded width too
+    assert fused.model.transformer.h[0].mlp.c_fc.out_features == -(-hidden // 64) * 64
     ids = torch.randint(0, CFG.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
     want, got = greedy_logits(pruned, ids, 12, 24), greedy_logits(fused, ids, 12, 24)
     assert torch.equal(got.argmax(-1), want.argmax(-1))
     assert (got - want).abs().max().item() < 1e-4
 
 
-def test_weights_held_twice_are_counted(tmp_path):
-    """The kernel's panel copy is held beside the packed weights prefill runs on: weights MB
-    says so, less the lm_head, which only the kernel's copy holds; a decode step still
-    reads each weight once."""
+def test_weights_are_held_once(tmp_path):
+    """The kernel's copy is the only one: the model keeps no block projection, no lm_head
+    and no token table of its own (prefill reads the copy too: the table is the tied head's
+    columns), weights MB counts the copy once, and a decode step still reads each weight
+    once."""
+    from gpteval.model import Conv1D
+
     eager, fused = build("eager", model(), tmp_path), build("fused-decode", model(), tmp_path)
     arena = fused.decoder.arena.nbytes
     assert arena >= eager.decode_nbytes() - 4 * CFG.vocab_size  # every projection, padded
-    head = 4 * CFG.vocab_size * CFG.n_embd  # eager's (C, V) packed head: none in fused's model
+    head = 4 * CFG.vocab_size * CFG.n_embd  # eager's (C, V) lm_head: none in fused's model
+    blocks = sum(4 * p.numel() for n, p in eager.model.named_parameters()
+                 if ".attn.c_" in n or ".mlp.c_" in n)
+    table = head  # the token table, (V, C)
     assert isinstance(fused.model.lm_head, fused_decode.KernelHead)
-    assert fused.nbytes() == eager.nbytes() - head + arena
+    assert isinstance(fused.model.transformer.wte, fused_prefill.HeadEmbedding)
+    assert not any(isinstance(m, Conv1D) for m in fused.model.modules())
+    assert fused.model.packed_nbytes() == 0
+    assert fused.nbytes() == eager.nbytes() - head - blocks - table + arena
     assert fused.decode_nbytes() == eager.decode_nbytes()
-    assert any("fused_decode.c" in n for n in fused.notes)
+    assert any("fused_prefill.c" in n for n in fused.notes)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 8, 9, 33])
+def test_prefill_projections_match_the_ones_they_replace(tmp_path, rows):
+    """Each of a layer's four projections, read from the kernel's copy (its column panels
+    in the model's column order, its row blocks summed item by item), gives what the
+    model's own projection gave, at row counts below, at and past the GEMM's 8-row tile,
+    from a strided input, at 1 and 3 threads; and refuses autograd."""
+    ref = model()
+    fused = build("fused-decode", model(), tmp_path)
+    before = torch.get_num_threads()
+    try:
+        for i in range(CFG.n_layer):
+            mine, theirs = fused.model.transformer.h[i], ref.transformer.h[i]
+            for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+                got_m, want_m = mine.get_submodule(name), theirs.get_submodule(name)
+                assert isinstance(got_m, fused_prefill.ArenaProjection)
+                x = torch.randn(rows, 2 * want_m.in_features,
+                                generator=torch.Generator().manual_seed(rows))[:, ::2]
+                with torch.no_grad():
+                    want = want_m(x)
+                for threads in (1, 3):
+                    torch.set_num_threads(threads)
+                    got = got_m(x)
+                    assert got.shape == want.shape, name
+                    assert (got - want).abs().max().item() < 1e-5, (name, threads)
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(RuntimeError, match="inference only"):
+        fused.model.transformer.h[0].mlp.c_fc(torch.randn(2, CFG.n_embd, requires_grad=True))
 
 
 def test_each_threads_share_of_a_phase_is_one_stream(tmp_path):
@@ -158,6 +200,38 @@ def test_each_threads_share_of_a_phase_is_one_stream(tmp_path):
                             (variant, i, name, item)
                         at += 4 * n
                 assert at == arena.ptr[f"{i}.{piece}"] + 4 * stride * items
+
+
+def test_an_untied_head_keeps_the_models_token_table(tmp_path):
+    """Only a head tied to the token table can stand in for it: an untied one (another
+    checkpoint, a fine-tune that untied them) leaves the model its own table, which prefill
+    and the kernel's decode both read."""
+    def untied() -> GPT:
+        m = model()
+        m.lm_head = torch.nn.Linear(CFG.n_embd, CFG.vocab_size, bias=False)
+        torch.nn.init.normal_(m.lm_head.weight, std=0.05, generator=torch.Generator().manual_seed(9))
+        return m
+
+    eager, fused = build("eager", untied(), tmp_path), build("fused-decode", untied(), tmp_path)
+    assert isinstance(fused.model.transformer.wte, torch.nn.Embedding)
+    ids = torch.randint(0, CFG.vocab_size, (2, 7), generator=torch.Generator().manual_seed(2))
+    want, got = greedy_logits(eager, ids, 9, 16), greedy_logits(fused, ids, 9, 16)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    assert (got - want).abs().max().item() < 1e-4
+
+
+def test_tokens_outside_the_vocabulary_are_refused(tmp_path):
+    """The table is the head's zero-padded panels: an id past the vocabulary must raise, in
+    prefill and in the kernel's decode, not read padding or another row."""
+    fused = build("fused-decode", model(), tmp_path)
+    fused.reset(1, 8)
+    with pytest.raises(IndexError, match="outside the vocabulary of 300"):
+        fused.prefill(torch.tensor([[1, CFG.vocab_size + 3]]))
+    fused.reset(1, 8)
+    fused.prefill(torch.tensor([[1, 2]]))
+    with pytest.raises(IndexError, match="outside the vocabulary of 300"):
+        fused.decode(torch.tensor([[CFG.vocab_size]]))
+    assert fused.decode(torch.tensor([[CFG.vocab_size - 1]])).shape == (1, CFG.vocab_size)
 
 
 def test_decode_past_the_cache_is_refused(tmp_path):

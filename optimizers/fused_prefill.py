@@ -1,0 +1,176 @@
+"""fused-decode's prefill projections: the model's four block projections read from the
+kernel's own weight copy (WeightArena), through fused_prefill.c.
+
+Why: the decode kernel needs its weights laid out for it (column panels, row blocks, each
+work item's pieces side by side); eager's prefill ran on a second, oneDNN-packed copy of
+every block weight.  The variant held its model twice (gpt2: 965 MB of weights against
+eager's 640).  The prefill GEMMs over the kernel's layout run at oneDNN's speed (the C
+file's header has the measurement), so the copy serves both and the model keeps no other.
+
+An ArenaProjection is inference-only: it holds no parameters (the weights are the
+arena's), has no autograd, and cannot be traced; passes after fused-decode are refused
+(it takes no further passes), so nothing needs to.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import nn
+
+from gpteval.packed import in_graph_capture
+
+_P, _I64 = ctypes.c_void_p, ctypes.c_int64
+
+
+def declare(lib: ctypes.CDLL) -> None:
+    """Argument types of fused_prefill.c's two entry points."""
+    lib.gpteval_gemm_panels.restype = ctypes.c_int
+    lib.gpteval_gemm_panels.argtypes = [_P, _I64, _I64, _P, _P, _I64, _P, _P, _I64,
+                                        ctypes.c_int]
+    lib.gpteval_gemm_row_blocks.restype = ctypes.c_int
+    lib.gpteval_gemm_row_blocks.argtypes = [_P, _I64, _P, _I64, _I64, _I64, _P, _P,
+                                            ctypes.c_int]
+
+
+class ArenaProjection(nn.Module):
+    """`y = x @ W + b` for one projection whose W and b live in the kernel's weight copy.
+
+    Column panels (c_attn, c_fc): `panels[p]` points at panel p (in_features rows of NB
+    columns), whose output columns start at `cols[p]`.  Row blocks (the two c_proj):
+    `items[i]` points at item i's `rows` rows (a head's, or a block of hidden units'),
+    stored as out_features/NB panels of rows x NB.  `owner` keeps the arena alive."""
+
+    def __init__(self, lib: ctypes.CDLL, owner: object, in_features: int, out_features: int,
+                 bias: int, *, panels: list[int] | None = None, cols: list[int] | None = None,
+                 items: list[int] | None = None, rows: int = 0) -> None:
+        super().__init__()
+        self.lib, self.owner = lib, owner
+        self.in_features, self.out_features = in_features, out_features
+        self._bias = bias
+        if panels is not None:
+            self._ptrs = (_P * len(panels))(*panels)
+            self._cols = (_I64 * len(cols))(*cols)
+        else:
+            self._ptrs = (_P * len(items))(*items)
+            self._rows = rows
+            if len(items) * rows != in_features:
+                raise ValueError(f"{len(items)} blocks of {rows} rows for {in_features} inputs")
+        self._by_panels = panels is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or in_graph_capture() or (
+                torch.is_grad_enabled() and x.requires_grad):
+            raise RuntimeError("a fused-decode model's projections run CPU inference only "
+                               "(no autograd, compile or export): build the variant from "
+                               "the unoptimized model for that")
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != torch.float32 or not x2.is_contiguous():
+            x2 = x2.to(torch.float32).contiguous()
+        out = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
+        threads = torch.get_num_threads()
+        if self._by_panels:
+            rc = self.lib.gpteval_gemm_panels(x2.data_ptr(), x2.shape[0], self.in_features,
+                                              self._ptrs, self._cols, len(self._ptrs),
+                                              self._bias, out.data_ptr(), self.out_features,
+                                              threads)
+        else:
+            rc = self.lib.gpteval_gemm_row_blocks(x2.data_ptr(), x2.shape[0], self._ptrs,
+                                                  len(self._ptrs), self._rows,
+                                                  self.out_features, self._bias,
+                                                  out.data_ptr(), threads)
+        if rc != 0:
+            raise RuntimeError(f"fused prefill projection failed ({rc})")
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        layout = "column panels" if self._by_panels else f"row blocks of {self._rows}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"{layout} of the fused-decode weight copy")
+
+
+class HeadEmbedding(nn.Module):
+    """The token embedding of a model whose lm_head is tied to it (GPT-2): token t's row is
+    column t of the head, gathered from the kernel's (V/NB, C, NB) panels of the head, so
+    the model keeps no (V, C) table (-147 MiB on GPT-2 small).  A prefill gathers one
+    line per float (C lines a token), a few microseconds for 128 tokens."""
+
+    def __init__(self, head_panels: torch.Tensor, num_embeddings: int, nb: int) -> None:
+        super().__init__()
+        self.panels, self.num_embeddings, self.nb = head_panels, num_embeddings, nb
+        self.embedding_dim = head_panels.shape[1]
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < self.num_embeddings:
+            raise IndexError(f"token ids {int(idx.min())}..{int(idx.max())}: outside the "
+                             f"vocabulary of {self.num_embeddings}")
+        return self.panels[idx // self.nb, :, idx % self.nb]  # (*idx.shape, C)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings}, {self.embedding_dim}, the columns of the "
+                "fused-decode copy of the tied lm_head")
+
+
+def route_embedding(model: nn.Module, arena, nb: int) -> bool:
+    """Where the lm_head is tied to the token table (its weight is the table, or equal to
+    it), swap the table for a HeadEmbedding over the arena's head, in place.  Returns
+    whether it did (an untied head keeps the model's own table)."""
+    wte, head = model.transformer.wte, model.lm_head
+    weight = getattr(head, "weight", None)
+    if weight is None and hasattr(head, "weight_t"):  # TransposedHead: (C, V)
+        weight = head.weight_t.t()
+    if not (isinstance(wte, nn.Embedding) and isinstance(weight, torch.Tensor)
+            and weight.shape == wte.weight.shape
+            and (weight.data_ptr() == wte.weight.data_ptr()
+                 or torch.equal(weight, wte.weight))):
+        return False
+    model.transformer.wte = HeadEmbedding(arena.head_panels, wte.num_embeddings, nb)
+    return True
+
+
+def route_projections(model: nn.Module, arena, lib: ctypes.CDLL, nb: int, rb: int) -> int:
+    """Swap each block's four projections for ArenaProjections over `arena` (built from
+    them: same values), in place.  Returns the bytes of the weights and biases the model
+    no longer holds."""
+    freed = 0
+    for i, block in enumerate(model.transformer.h):
+        attn, mlp = block.attn, block.mlp
+        c = attn.c_attn.in_features
+        nh, (head_stride, unit_stride) = attn.n_head, arena.strides[i]
+        width = attn.c_attn.out_features // 3
+        hs, hidden = width // nh, arena.layer_dims[i][1]
+        hp = hs // nb  # hs is a multiple of nb (WeightArena checks)
+        ptr = {k: arena.ptr[f"{i}.{k}"] for k in ("w_qkv", "b_qkv", "w_o", "b_o", "w_fc",
+                                                    "b_fc", "w_fc2", "b_fc2")}
+        # the copy holds a head's q, k, v panels together; the model's columns are all
+        # heads' q, then k, then v
+        qkv_panels, qkv_cols = [], []
+        for h in range(nh):
+            for j in range(3):
+                for p in range(hp):
+                    qkv_panels.append(ptr["w_qkv"] + 4 * (h * head_stride + (j * hp + p) * c * nb))
+                    qkv_cols.append(j * width + h * hs + p * nb)
+        per_unit = rb // nb
+        fc_panels = [ptr["w_fc"] + 4 * (u * unit_stride + q * c * nb)
+                     for u in range(hidden // rb) for q in range(per_unit)]
+        for m in (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj):
+            freed += sum(t.numel() * t.element_size() for t in (m.weight, m.bias)
+                         if t is not None)
+        attn.c_attn = ArenaProjection(lib, arena, c, 3 * width, ptr["b_qkv"],
+                                      panels=qkv_panels, cols=qkv_cols)
+        attn.c_proj = ArenaProjection(lib, arena, width, c, ptr["b_o"],
+                                      items=[ptr["w_o"] + 4 * h * head_stride
+                                             for h in range(nh)], rows=hs)
+        # the MLP runs at the copy's padded width: padded units have zero weights and bias,
+        # gelu(0) = 0, and zero rows in the second projection
+        mlp.c_fc = ArenaProjection(lib, arena, c, hidden, ptr["b_fc"], panels=fc_panels,
+                                   cols=[k * nb for k in range(len(fc_panels))])
+        mlp.c_proj = ArenaProjection(lib, arena, hidden, c, ptr["b_fc2"],
+                                     items=[ptr["w_fc2"] + 4 * u * unit_stride
+                                            for u in range(hidden // rb)], rows=rb)
+    return freed
+
+
+__all__ = ["ArenaProjection", "HeadEmbedding", "declare", "route_embedding",
+           "route_projections"]
