@@ -257,7 +257,8 @@ class WeightArena:
         base = self.buffer.data_ptr()
         self.ptr = {name: base + 4 * off for name, off in offsets.items()}
         head = dict(pieces)["w_head"]  # (V/NB, C, NB) panels: an embedding can read them too
-        self.head_panels = self.buffer[offsets["w_head"]:][:head.numel()].view(head.shape)
+        at = offsets["w_head"]
+        self.head_panels = self.buffer[at:at + head.numel()].view(head.shape)
         for name, (piece, off) in inside.items():
             self.ptr[name] = self.ptr[piece] + 4 * off
 
@@ -391,9 +392,9 @@ class FusedDecodeEngine(TorchEngine):
         self.notes = te.notes
         self.decoder = FusedDecoder(te.model)
         self.decode_fn = self.decoder
-        # the arena holds these weights now: the model keeps no copy of its own
-        # the token table too where the head is tied to it (GPT-2): its rows are the
-        # head's columns
+        # the arena holds these weights now and the model keeps no copy of its own: the
+        # lm_head, the block projections, and the token table where the head is tied to it
+        # (GPT-2: its rows are the head's columns)
         fused_prefill.route_embedding(te.model, self.decoder.arena, NB)
         te.model.lm_head = KernelHead(self.decoder)
         self._projection_nbytes = fused_prefill.route_projections(
