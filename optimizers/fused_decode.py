@@ -9,10 +9,10 @@ thread streaming its own contiguous slice of the weights) and reads only the cac
 positions written so far.  Same float32 math as the reference: sums in another order
 (split-K partials, four accumulators), logits within ~1e-6 of eager on GPT-2.
 
-What changes is `decode`.  Prefill stays the eager model's code (layer norms, SDPA,
-gelu), but its projections read the kernel's weight copy: the four block projections
-through fused_prefill.c's GEMMs (fused_prefill.py: ArenaProjection, as fast as oneDNN's
-packed GEMM at 128 rows), its last position's lm_head through the kernel's own head
+What changes is `decode`.  Prefill stays the eager model's code (layer norms, SDPA),
+but its projections read the kernel's weight copy: the four block projections through
+fused_prefill.c's GEMMs (fused_prefill.py: ArenaProjection, as fast as oneDNN's packed
+GEMM at 128 rows; c_fc with the gelu inside, ArenaMLP), its last position's lm_head through the kernel's own head
 (KernelHead), and where the head is tied to the token table (GPT-2) the embedding
 gathers the head's columns (HeadEmbedding).  The model keeps no other copy of them: the
 variant holds its weights once (gpt2: 475 MiB with its cache, was 965; eager's 622 hold
@@ -55,6 +55,7 @@ from .base import (
 
 SOURCE = Path(__file__).with_name("fused_decode.c")
 PREFILL_SOURCE = Path(__file__).with_name("fused_prefill.c")
+MATH_HEADER = Path(__file__).with_name("fused_math.h")  # included by both sources
 NB = 16  # panel width; NB and RB must match fused_decode.c
 RB = 64  # hidden units of the MLP a row block of its second projection holds
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
@@ -87,13 +88,15 @@ def build() -> ctypes.CDLL:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True,
                                  check=False).stdout
         sources = [SOURCE, PREFILL_SOURCE]
-        key = hashlib.sha256(b"".join(s.read_bytes() for s in sources) + version.encode()
+        key = hashlib.sha256(b"".join(s.read_bytes() for s in [*sources, MATH_HEADER])
+                             + version.encode()
                              + " ".join(CFLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
         out = cache_dir() / f"fused_decode-{key}.so"
         if not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(f".{os.getpid()}.tmp")
-            proc = subprocess.run([cc, *CFLAGS, *map(str, sources), "-o", str(tmp), "-lm"],
+            proc = subprocess.run([cc, *CFLAGS, f"-I{MATH_HEADER.parent}", *map(str, sources),
+                                   "-o", str(tmp), "-lm"],
                                   capture_output=True, text=True, check=False)
             if proc.returncode != 0:  # e.g. a compiler without OpenMP: this host cannot run it
                 last = (proc.stderr.strip().splitlines() or ["no message"])[-1]

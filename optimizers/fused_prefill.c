@@ -17,16 +17,17 @@
 #include <string.h>
 #include <omp.h>
 
-#define NB 16 /* panel width: must match fused_decode.c and fused_decode.py */
-#define R 8   /* rows a tile: 8 measured best of 4-14 (12 and 14 spilled, 4 and 6 on par) */
-typedef float v16 __attribute__((vector_size(NB * sizeof(float)), aligned(4)));
-#define LOAD(p) (*(const v16 *)(p))
+#include "fused_math.h" /* NB, v16, LOAD, vgelu_tanh: the decode step's own gelu */
 
-/* out[r][0..NB) = bias + sum over segments s of x[r][s*klen .. +klen) @ w[s] + woff
- * (klen rows of NB), for rows r < nr <= R; ldx, ldo: row strides of x and out. */
+#define R 8 /* rows a tile: 8 measured best of 4-14 (12 and 14 spilled, 4 and 6 on par) */
+
+/* out[r][0..NB) = act(bias + sum over segments s of x[r][s*klen .. +klen) @ w[s] + woff
+ * (klen rows of NB)), for rows r < nr <= R; ldx, ldo: row strides of x and out; act:
+ * GPT-2's gelu where `gelu` (c_fc: applied in registers, no pass of its own over the
+ * activation), else none. */
 static inline void tile(const float *x, int64_t ldx, int nr, const float *const *w,
                         int64_t woff, int64_t klen, int64_t nseg, const float *bias,
-                        float *out, int64_t ldo) {
+                        float *out, int64_t ldo, int gelu) {
     v16 acc[R], b = {0};
     if (bias) memcpy(&b, bias, sizeof b);
     for (int r = 0; r < R; r++) acc[r] = b;
@@ -44,6 +45,8 @@ static inline void tile(const float *x, int64_t ldx, int nr, const float *const 
             }
         }
     }
+    if (gelu)
+        for (int r = 0; r < nr; r++) acc[r] = vgelu_tanh(acc[r]);
     for (int r = 0; r < nr; r++) memcpy(out + r * ldo, &acc[r], sizeof(v16));
 }
 
@@ -56,12 +59,13 @@ static inline void prefetch_part(const float *p, int64_t n, int64_t part, int64_
 }
 
 /* Column panels: for each panel p (K rows of NB at w[p]),
- *   out[t][col[p] .. +NB) = bias[col[p] .. +NB) + x[t] @ panel p,   t < T,
- * x (T, K) contiguous, out (T, ldo).  col maps the copy's panel order (a head's q, k, v
- * together) back to the model's column order.  Returns 0, -1 on a bad argument. */
+ *   out[t][col[p] .. +NB) = act(bias[col[p] .. +NB) + x[t] @ panel p),   t < T,
+ * x (T, K) contiguous, out (T, ldo); act: gelu where `gelu`, else none.  col maps the
+ * copy's panel order (a head's q, k, v together) back to the model's column order.
+ * Returns 0, -1 on a bad argument. */
 int gpteval_gemm_panels(const float *x, int64_t T, int64_t K, const float *const *w,
                         const int64_t *col, int64_t n_panels, const float *bias, float *out,
-                        int64_t ldo, int nthreads) {
+                        int64_t ldo, int gelu, int nthreads) {
     if (T < 0 || K < 1 || n_panels < 0 || nthreads < 1) return -1;
     const int64_t row_blocks = (T + R - 1) / R;
 #pragma omp parallel for num_threads(nthreads) schedule(static)
@@ -70,7 +74,7 @@ int gpteval_gemm_panels(const float *x, int64_t T, int64_t K, const float *const
             int nr = (int)(T - rb * R < R ? T - rb * R : R);
             if (p + 1 < n_panels) prefetch_part(w[p + 1], K * NB, rb, row_blocks);
             tile(x + rb * R * K, K, nr, &w[p], 0, K, 1, bias ? bias + col[p] : 0,
-                 out + rb * R * ldo + col[p], ldo);
+                 out + rb * R * ldo + col[p], ldo, gelu);
         }
     return 0;
 }
@@ -92,7 +96,7 @@ int gpteval_gemm_row_blocks(const float *x, int64_t T, const float *const *items
                 for (int64_t i = n_items * rb / row_blocks; i < n_items * (rb + 1) / row_blocks; i++)
                     prefetch_part(items[i] + (cp + 1) * rows * NB, rows * NB, 0, 1);
             tile(x + rb * R * ldx, ldx, nr, items, cp * rows * NB, rows, n_items,
-                 bias ? bias + cp * NB : 0, out + rb * R * C + cp * NB, C);
+                 bias ? bias + cp * NB : 0, out + rb * R * C + cp * NB, C, 0);
         }
     return 0;
 }

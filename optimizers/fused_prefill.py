@@ -28,7 +28,7 @@ def declare(lib: ctypes.CDLL) -> None:
     """Argument types of fused_prefill.c's two entry points."""
     lib.gpteval_gemm_panels.restype = ctypes.c_int
     lib.gpteval_gemm_panels.argtypes = [_P, _I64, _I64, _P, _P, _I64, _P, _P, _I64,
-                                        ctypes.c_int]
+                                        ctypes.c_int, ctypes.c_int]
     lib.gpteval_gemm_row_blocks.restype = ctypes.c_int
     lib.gpteval_gemm_row_blocks.argtypes = [_P, _I64, _P, _I64, _I64, _I64, _P, _P,
                                             ctypes.c_int]
@@ -40,11 +40,12 @@ class ArenaProjection(nn.Module):
     Column panels (c_attn, c_fc): `panels[p]` points at panel p (in_features rows of NB
     columns), whose output columns start at `cols[p]`.  Row blocks (the two c_proj):
     `items[i]` points at item i's `rows` rows (a head's, or a block of hidden units'),
-    stored as out_features/NB panels of rows x NB.  `owner` keeps the arena alive."""
+    stored as out_features/NB panels of rows x NB.  `owner` keeps the arena alive.
+    `gelu` (column panels only): the output goes through GPT-2's gelu inside the GEMM."""
 
     def __init__(self, lib: ctypes.CDLL, owner: object, in_features: int, out_features: int,
                  bias: int, *, panels: list[int] | None = None, cols: list[int] | None = None,
-                 items: list[int] | None = None, rows: int = 0) -> None:
+                 items: list[int] | None = None, rows: int = 0, gelu: bool = False) -> None:
         super().__init__()
         self.lib, self.owner = lib, owner
         self.in_features, self.out_features = in_features, out_features
@@ -58,6 +59,7 @@ class ArenaProjection(nn.Module):
             if len(items) * rows != in_features:
                 raise ValueError(f"{len(items)} blocks of {rows} rows for {in_features} inputs")
         self._by_panels = panels is not None
+        self.gelu = gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or in_graph_capture() or (
@@ -74,7 +76,7 @@ class ArenaProjection(nn.Module):
             rc = self.lib.gpteval_gemm_panels(x2.data_ptr(), x2.shape[0], self.in_features,
                                               self._ptrs, self._cols, len(self._ptrs),
                                               self._bias, out.data_ptr(), self.out_features,
-                                              threads)
+                                              int(self.gelu), threads)
         else:
             rc = self.lib.gpteval_gemm_row_blocks(x2.data_ptr(), x2.shape[0], self._ptrs,
                                                   len(self._ptrs), self._rows,
@@ -87,7 +89,21 @@ class ArenaProjection(nn.Module):
     def extra_repr(self) -> str:
         layout = "column panels" if self._by_panels else f"row blocks of {self._rows}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"{layout} of the fused-decode weight copy")
+                f"{layout} of the fused-decode weight copy" + (", then gelu" if self.gelu
+                                                                  else ""))
+
+
+class ArenaMLP(nn.Module):
+    """A block's MLP on the arena: c_fc with GPT-2's gelu inside its GEMM (the decode
+    kernel's own vectorized gelu, fused_math.h), then the second projection.  The gelu as
+    torch ops took ~2.5 ms of a gpt2 prefill's ~125, three passes over each activation."""
+
+    def __init__(self, c_fc: ArenaProjection, c_proj: ArenaProjection) -> None:
+        super().__init__()
+        self.c_fc, self.c_proj = c_fc, c_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.c_fc(x))
 
 
 class HeadEmbedding(nn.Module):
@@ -164,13 +180,14 @@ def route_projections(model: nn.Module, arena, lib: ctypes.CDLL, nb: int, rb: in
                                              for h in range(nh)], rows=hs)
         # the MLP runs at the copy's padded width: padded units have zero weights and bias,
         # gelu(0) = 0, and zero rows in the second projection
-        mlp.c_fc = ArenaProjection(lib, arena, c, hidden, ptr["b_fc"], panels=fc_panels,
-                                   cols=[k * nb for k in range(len(fc_panels))])
-        mlp.c_proj = ArenaProjection(lib, arena, hidden, c, ptr["b_fc2"],
-                                     items=[ptr["w_fc2"] + 4 * u * unit_stride
-                                            for u in range(hidden // rb)], rows=rb)
+        block.mlp = ArenaMLP(
+            ArenaProjection(lib, arena, c, hidden, ptr["b_fc"], panels=fc_panels,
+                            cols=[k * nb for k in range(len(fc_panels))], gelu=True),
+            ArenaProjection(lib, arena, hidden, c, ptr["b_fc2"],
+                            items=[ptr["w_fc2"] + 4 * u * unit_stride
+                                   for u in range(hidden // rb)], rows=rb))
     return freed
 
 
-__all__ = ["ArenaProjection", "HeadEmbedding", "declare", "route_embedding",
+__all__ = ["ArenaMLP", "ArenaProjection", "HeadEmbedding", "declare", "route_embedding",
            "route_projections"]
