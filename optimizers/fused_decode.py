@@ -56,7 +56,7 @@ from .base import (
 SOURCE = Path(__file__).with_name("fused_decode.c")
 PREFILL_SOURCE = Path(__file__).with_name("fused_prefill.c")
 MATH_HEADER = Path(__file__).with_name("fused_math.h")  # included by both sources
-NB = 16  # panel width; NB and RB must match fused_decode.c
+NB = 16  # panel width; must match fused_math.h (NB), as RB must fused_decode.c
 RB = 64  # hidden units of the MLP a row block of its second projection holds
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 _lib_lock = threading.Lock()
