@@ -108,10 +108,11 @@ def tensor_nbytes(t: torch.Tensor) -> int:
 
 def gathered_embedding_nbytes(transformer, lm_head) -> int:
     """Bytes of the position table, and of the token table unless lm_head reads it whole
-    (tied weights): a decode step gathers one row of each."""
-    wte, wpe = transformer.wte.weight, transformer.wpe.weight
-    total = tensor_nbytes(wpe)
-    if getattr(lm_head, "weight", None) is not wte:
+    (tied weights) or the model holds none of its own (fused-decode's reads the head's
+    columns): a decode step gathers one row of each."""
+    wte = getattr(transformer.wte, "weight", None)
+    total = tensor_nbytes(transformer.wpe.weight)
+    if wte is not None and getattr(lm_head, "weight", None) is not wte:
         total += tensor_nbytes(wte)
     return total
 

@@ -12,9 +12,9 @@ positions written so far.  Same float32 math as the reference: sums in another o
 What changes is `decode`.  Prefill stays the eager model's code (layer norms, SDPA),
 but its projections read the kernel's weight copy: the four block projections through
 fused_prefill.c's GEMMs (fused_prefill.py: ArenaProjection, as fast as oneDNN's packed
-GEMM at 128 rows; c_fc with the gelu inside, ArenaMLP), its last position's lm_head through the kernel's own head
-(KernelHead), and where the head is tied to the token table (GPT-2) the embedding
-gathers the head's columns (HeadEmbedding).  The model keeps no other copy of them: the
+GEMM at 128 rows; c_fc with the gelu inside, ArenaMLP), its last position's lm_head
+through the kernel's own head (KernelHead), and where the head is tied to the token
+table (GPT-2) the embedding gathers the head's columns (HeadEmbedding).  The model keeps no other copy of them: the
 variant holds its weights once (gpt2: 475 MiB with its cache, was 965; eager's 622 hold
 a second, (in, out) lm_head).  The teacher-forced forward runs the kernel token by token,
 so fidelity and perplexity measure it.  The weight copy is laid out for the kernel
@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gpteval.engine import Engine, TorchEngine, module_nbytes, tensor_nbytes
+from gpteval.engine import Engine, TorchEngine
 from gpteval.hugepages import huge_page_empty
 from gpteval.model import GPT, Conv1D, LinearHead, TransposedHead
 
@@ -245,8 +245,8 @@ class WeightArena:
                        (f"{i}.b_fc", b_fc), (f"{i}.mlp", torch.cat([fc, fc2], 1)),
                        (f"{i}.b_fc2", mlp.c_proj.bias)]
         ln_f = model.transformer.ln_f
-        pieces += [("lnf_w", ln_f.weight), ("lnf_b", ln_f.bias),
-                   ("w_head", _panels(_head_in_out(model)))]
+        head = _panels(_head_in_out(model))  # (V/NB, C, NB)
+        pieces += [("lnf_w", ln_f.weight), ("lnf_b", ln_f.bias), ("w_head", head)]
         align = 16  # floats: 64 bytes
         offsets, total = {}, 0
         for name, t in pieces:
@@ -259,8 +259,7 @@ class WeightArena:
             self.buffer[offsets[name]:offsets[name] + t.numel()].view(t.shape).copy_(t)
         base = self.buffer.data_ptr()
         self.ptr = {name: base + 4 * off for name, off in offsets.items()}
-        head = dict(pieces)["w_head"]  # (V/NB, C, NB) panels: an embedding can read them too
-        at = offsets["w_head"]
+        at = offsets["w_head"]  # the head's panels: an embedding can read them too
         self.head_panels = self.buffer[at:at + head.numel()].view(head.shape)
         for name, (piece, off) in inside.items():
             self.ptr[name] = self.ptr[piece] + 4 * off
@@ -398,7 +397,8 @@ class FusedDecodeEngine(TorchEngine):
         # the arena holds these weights now and the model keeps no copy of its own: the
         # lm_head, the block projections, and the token table where the head is tied to it
         # (GPT-2: its rows are the head's columns)
-        fused_prefill.route_embedding(te.model, self.decoder.arena, NB)
+        fused_prefill.route_embedding(te.model, _head_in_out(te.model), self.decoder.arena,
+                                      NB)
         te.model.lm_head = KernelHead(self.decoder)
         self._projection_nbytes = fused_prefill.route_projections(
             te.model, self.decoder.arena, self.decoder.lib, NB, RB)
@@ -428,13 +428,11 @@ class FusedDecodeEngine(TorchEngine):
         return super().nbytes() + self.decoder.arena.nbytes
 
     def decode_nbytes(self) -> int:
-        # what eager's count says a step reads: the lm_head (V, C) whole, the block
-        # projections, norms and biases; the model itself now holds only the norms, the
-        # gathered position table (and the token table where untied) and the KV cache
-        cfg, t = self.model.config, self.model.transformer
-        gathered = sum(tensor_nbytes(e.weight) for e in (t.wte, t.wpe)
-                       if isinstance(e, nn.Embedding))
-        return (module_nbytes(self.model) - gathered + cfg.vocab_size * cfg.n_embd * 4
+        # what eager's count says a step reads: the model itself holds only the norms, the
+        # gathered tables and the KV cache now; the kernel also reads its float32 (V, C)
+        # head whole and the block projections the model gave up to it
+        cfg = self.model.config
+        return (super().decode_nbytes() + cfg.vocab_size * cfg.n_embd * 4
                 + self._projection_nbytes)
 
 

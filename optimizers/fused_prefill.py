@@ -19,6 +19,7 @@ import ctypes
 import torch
 from torch import nn
 
+from gpteval.engine import module_nbytes
 from gpteval.packed import in_graph_capture
 
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
@@ -118,9 +119,11 @@ class HeadEmbedding(nn.Module):
         self.embedding_dim = head_panels.shape[1]
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        if idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < self.num_embeddings:
-            raise IndexError(f"token ids {int(idx.min())}..{int(idx.max())}: outside the "
-                             f"vocabulary of {self.num_embeddings}")
+        if idx.numel():
+            lo, hi = (int(v) for v in torch.aminmax(idx))
+            if lo < 0 or hi >= self.num_embeddings:
+                raise IndexError(f"token ids {lo}..{hi}: outside the vocabulary of "
+                                 f"{self.num_embeddings}")
         return self.panels[idx // self.nb, :, idx % self.nb]  # (*idx.shape, C)
 
     def extra_repr(self) -> str:
@@ -128,18 +131,14 @@ class HeadEmbedding(nn.Module):
                 "fused-decode copy of the tied lm_head")
 
 
-def route_embedding(model: nn.Module, arena, nb: int) -> bool:
-    """Where the lm_head is tied to the token table (its weight is the table, or equal to
-    it), swap the table for a HeadEmbedding over the arena's head, in place.  Returns
-    whether it did (an untied head keeps the model's own table)."""
-    wte, head = model.transformer.wte, model.lm_head
-    weight = getattr(head, "weight", None)
-    if weight is None and hasattr(head, "weight_t"):  # TransposedHead: (C, V)
-        weight = head.weight_t.t()
-    if not (isinstance(wte, nn.Embedding) and isinstance(weight, torch.Tensor)
-            and weight.shape == wte.weight.shape
-            and (weight.data_ptr() == wte.weight.data_ptr()
-                 or torch.equal(weight, wte.weight))):
+def route_embedding(model: nn.Module, head_in_out: torch.Tensor, arena, nb: int) -> bool:
+    """Where the lm_head, whose weight is `head_in_out` (C, V), is tied to the token table
+    (the same tensor, or equal to it), swap the table for a HeadEmbedding over the arena's
+    head, in place.  Returns whether it did (an untied head keeps the model's own table)."""
+    wte, table = model.transformer.wte, head_in_out.t()
+    if not (isinstance(wte, nn.Embedding) and table.shape == wte.weight.shape
+            and (table.data_ptr() == wte.weight.data_ptr()
+                 or torch.equal(table, wte.weight))):
         return False
     model.transformer.wte = HeadEmbedding(arena.head_panels, wte.num_embeddings, nb)
     return True
@@ -170,9 +169,8 @@ def route_projections(model: nn.Module, arena, lib: ctypes.CDLL, nb: int, rb: in
         per_unit = rb // nb
         fc_panels = [ptr["w_fc"] + 4 * (u * unit_stride + q * c * nb)
                      for u in range(hidden // rb) for q in range(per_unit)]
-        for m in (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj):
-            freed += sum(t.numel() * t.element_size() for t in (m.weight, m.bias)
-                         if t is not None)
+        freed += sum(module_nbytes(m) for m in (attn.c_attn, attn.c_proj, mlp.c_fc,
+                                                mlp.c_proj))
         attn.c_attn = ArenaProjection(lib, arena, c, 3 * width, ptr["b_qkv"],
                                       panels=qkv_panels, cols=qkv_cols)
         attn.c_proj = ArenaProjection(lib, arena, width, c, ptr["b_o"],
