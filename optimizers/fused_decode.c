@@ -250,16 +250,25 @@ int64_t gpteval_partials_floats(const Model *m) {
 }
 
 /* Adds the phase's partials (one per item, in item order) and the bias into this
- * thread's copy of the residual stream. */
+ * thread's copy of the residual stream.  Item by item, each partial read front to back:
+ * half of them sit in the other core's cache, and one sequential stream at a time is
+ * what its prefetcher follows (a 16-float column across all 48 MLP partials at a time
+ * took 5.3 us a reduce; this 3.3, on gpt2 at 2 threads).  Every element still gets
+ * x + part 0 + part 1 + ... + bias, in that order: the same bits. */
 static void reduce_partials(const Model *m, const float *part, int64_t items,
                             const float *bias, float *x) {
     const int64_t BC = m->batch * m->C;
     for (int64_t b = 0; b < m->batch; b++) {
         float *xb = x + b * m->C;
+        for (int64_t u = 0; u < items; u++) {
+            const float *p = part + u * BC + b * m->C;
+            for (int64_t c = 0; c < m->C; c += NB) {
+                v16 acc = LOAD(xb + c) + LOAD(p + c);
+                memcpy(xb + c, &acc, sizeof acc);
+            }
+        }
         for (int64_t c = 0; c < m->C; c += NB) {
-            v16 acc = LOAD(xb + c);
-            for (int64_t u = 0; u < items; u++) acc += LOAD(part + u * BC + b * m->C + c);
-            acc += LOAD(bias + c);
+            v16 acc = LOAD(xb + c) + LOAD(bias + c);
             memcpy(xb + c, &acc, sizeof acc);
         }
     }
