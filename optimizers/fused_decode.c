@@ -15,7 +15,7 @@
  * the same bits at any thread count), so no other barrier is needed.
  * Partial buffers alternate between phases: a thread can only be one phase ahead.
  *
- * Weights come laid out by optimizers/fused_decode.py, in the order a step reads them:
+ * Weights come laid out by optimizers/fused_layout.py, in the order a step reads them:
  * matrices a thread reads column-wise (c_attn, c_fc, the lm_head) as panels of NB columns
  * ([n/NB][K][NB], zero-padded), the ones it reads row-wise (the two c_proj) as blocks of
  * rows (a head's, or RB hidden units') stored [C/NB][rows][NB], and each work item's

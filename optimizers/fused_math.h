@@ -4,7 +4,7 @@
 #define GPTEVAL_FUSED_MATH_H
 #include <stdint.h>
 
-#define NB 16 /* panel width: one 64-byte line per row; must match fused_decode.py */
+#define NB 16 /* panel width: one 64-byte line per row; must match fused_layout.py */
 typedef float v16 __attribute__((vector_size(NB * sizeof(float)), aligned(4)));
 typedef int32_t vi16 __attribute__((vector_size(NB * sizeof(int32_t)), aligned(4)));
 #define LOAD(p) (*(const v16 *)(p))
