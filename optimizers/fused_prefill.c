@@ -6,10 +6,14 @@
  * at oneDNN's speed: at 128 rows, GPT-2 small's four block projections took 8.0-8.6 ms a
  * layer here and 8.0-8.4 ms through oneDNN's packed inner product (2 threads, Zen 4).
  *
- * One microkernel: an R x NB tile of the output (R rows of NB columns, R accumulators in
- * registers), each step of k one 64-byte weight row times R broadcast inputs.  A panel
- * (K rows of NB, 48 KB at K = 768) stays in L1/L2 while every row block of the input
- * passes over it, so each weight byte comes from memory once a call.
+ * One microkernel: an R x (NP*NB) tile of the output (R rows of NP panels' NB columns,
+ * R*NP accumulators in registers), each step of k NP 64-byte weight rows times R broadcast
+ * inputs, so one broadcast feeds NP FMAs.  A panel (K rows of NB, 48 KB at K = 768) stays
+ * in L1/L2 while every row block of the input passes over it, so each weight byte comes
+ * from memory once a call.  R = 8, NP = 3 on a Zen 5 (two full-width 512-bit FMA pipes):
+ * the prefill took 0.88x the time of one panel a tile (NP = 2: 0.90; NP = 4 with R = 6:
+ * 0.89; R = 6, 10, 12, 14 with NP = 2: 0.93-0.97), the same bits.  On Zen 4 one panel of
+ * R = 8 had matched oneDNN (its 512-bit FMA is two 256-bit halves: fewer accumulators do).
  * Sums are float32 in k order (segment by segment for the row blocks); another order than
  * oneDNN's, so the prefill's logits move by rounding only (~1e-6 on GPT-2).
  */
@@ -19,35 +23,78 @@
 
 #include "fused_math.h" /* NB, v16, LOAD, vgelu_tanh: the decode step's own gelu */
 
-#define R 8 /* rows a tile: 8 measured best of 4-14 (12 and 14 spilled, 4 and 6 on par) */
+#define R 8  /* rows a tile */
+#define NP 3 /* output panels a tile (a panel count that is not a multiple: the rest one by one) */
 
-/* out[r][0..NB) = act(bias + sum over segments s of x[r][s*klen .. +klen) @ w[s] + woff
- * (klen rows of NB)), for rows r < nr <= R; ldx, ldo: row strides of x and out; act:
- * GPT-2's gelu where `gelu` (c_fc: applied in registers, no pass of its own over the
- * activation), else none. */
-static inline void tile(const float *x, int64_t ldx, int nr, const float *const *w,
-                        int64_t woff, int64_t klen, int64_t nseg, const float *bias,
-                        float *out, int64_t ldo, int gelu) {
-    v16 acc[R], b = {0};
-    if (bias) memcpy(&b, bias, sizeof b);
-    for (int r = 0; r < R; r++) acc[r] = b;
-    for (int64_t s = 0; s < nseg; s++) {
-        const float *ws = w[s] + woff, *xs = x + s * klen;
-        if (nr == R) { /* the constant trip count lets the compiler keep acc in registers */
-            for (int64_t k = 0; k < klen; k++) {
-                v16 wk = LOAD(ws + k * NB);
-                for (int r = 0; r < R; r++) acc[r] += xs[r * ldx + k] * wk;
-            }
-        } else {
-            for (int64_t k = 0; k < klen; k++) {
-                v16 wk = LOAD(ws + k * NB);
-                for (int r = 0; r < nr; r++) acc[r] += xs[r * ldx + k] * wk;
-            }
-        }
+/* out[j][r][0..NB) = act(bias[j] + sum over segments s of x[r][s*klen .. +klen) @
+ * (klen rows of NB at w[j][s] + woff[j])), for panels j < NPT and rows r < nr <= R; ldx,
+ * ldo: row strides of x and out; act: GPT-2's gelu where `gelu` (c_fc: applied in
+ * registers, no pass of its own over the activation), else none.  NPT is NP, or 1 for
+ * the panels left over: a macro, so that each copy has constant trip counts and keeps
+ * its accumulators in registers. */
+#define DEFINE_TILE(NAME, NPT)                                                             \
+    static inline void NAME(const float *x, int64_t ldx, int nr,                           \
+                            const float *const *const *w, const int64_t *woff, int64_t klen,\
+                            int64_t nseg, const float *const *bias, float *const *out,     \
+                            int64_t ldo, int gelu) {                                       \
+        v16 acc[NPT][R];                                                                   \
+        for (int j = 0; j < NPT; j++) {                                                    \
+            v16 b = {0};                                                                   \
+            if (bias[j]) memcpy(&b, bias[j], sizeof b);                                    \
+            for (int r = 0; r < R; r++) acc[j][r] = b;                                     \
+        }                                                                                  \
+        for (int64_t s = 0; s < nseg; s++) {                                               \
+            const float *ws[NPT], *xs = x + s * klen;                                      \
+            for (int j = 0; j < NPT; j++) ws[j] = w[j][s] + woff[j];                       \
+            if (nr == R) {                                                                 \
+                for (int64_t k = 0; k < klen; k++) {                                       \
+                    v16 wk[NPT];                                                           \
+                    for (int j = 0; j < NPT; j++) wk[j] = LOAD(ws[j] + k * NB);            \
+                    for (int r = 0; r < R; r++) {                                          \
+                        float xr = xs[r * ldx + k];                                        \
+                        for (int j = 0; j < NPT; j++) acc[j][r] += xr * wk[j];             \
+                    }                                                                      \
+                }                                                                          \
+            } else {                                                                       \
+                for (int64_t k = 0; k < klen; k++) {                                       \
+                    v16 wk[NPT];                                                           \
+                    for (int j = 0; j < NPT; j++) wk[j] = LOAD(ws[j] + k * NB);            \
+                    for (int r = 0; r < nr; r++) {                                         \
+                        float xr = xs[r * ldx + k];                                        \
+                        for (int j = 0; j < NPT; j++) acc[j][r] += xr * wk[j];             \
+                    }                                                                      \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+        for (int j = 0; j < NPT; j++)                                                      \
+            for (int r = 0; r < nr; r++) {                                                 \
+                v16 v = gelu ? vgelu_tanh(acc[j][r]) : acc[j][r];                          \
+                memcpy(out[j] + r * ldo, &v, sizeof v);                                    \
+            }                                                                              \
     }
-    if (gelu)
-        for (int r = 0; r < nr; r++) acc[r] = vgelu_tanh(acc[r]);
-    for (int r = 0; r < nr; r++) memcpy(out + r * ldo, &acc[r], sizeof(v16));
+DEFINE_TILE(tile_np, NP)
+DEFINE_TILE(tile_1, 1)
+
+/* The tile of panels p0 .. p0+n (n = NP, or 1), panel j's weights at w[j][s] + woff[j].
+ * What the two GEMMs below differ in is only where a panel's weights, bias and output
+ * columns are: `where` fills those in for panel p0 + j. */
+typedef struct {
+    const float *const *w; /* the panel's weight segments */
+    int64_t woff;
+    const float *bias;
+    float *out;
+} PanelAt;
+
+static inline void run_tile(const float *x, int64_t ldx, int nr, const PanelAt *at, int n,
+                            int64_t klen, int64_t nseg, int64_t ldo, int gelu) {
+    const float *const *w[NP];
+    int64_t woff[NP];
+    const float *bias[NP];
+    float *out[NP];
+    for (int j = 0; j < n; j++) w[j] = at[j].w, woff[j] = at[j].woff, bias[j] = at[j].bias,
+                                out[j] = at[j].out;
+    if (n == NP) tile_np(x, ldx, nr, w, woff, klen, nseg, bias, out, ldo, gelu);
+    else tile_1(x, ldx, nr, w, woff, klen, nseg, bias, out, ldo, gelu);
 }
 
 /* Prefetch into L2 the part `part` of `parts` of n floats at p: the next tile's weights,
@@ -67,14 +114,22 @@ int gpteval_gemm_panels(const float *x, int64_t T, int64_t K, const float *const
                         const int64_t *col, int64_t n_panels, const float *bias, float *out,
                         int64_t ldo, int gelu, int nthreads) {
     if (T < 0 || K < 1 || n_panels < 0 || nthreads < 1) return -1;
-    const int64_t row_blocks = (T + R - 1) / R;
+    const int64_t row_blocks = (T + R - 1) / R, groups = (n_panels + NP - 1) / NP;
 #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t p = 0; p < n_panels; p++)
+    for (int64_t g = 0; g < groups; g++)
         for (int64_t rb = 0; rb < row_blocks; rb++) {
-            int nr = (int)(T - rb * R < R ? T - rb * R : R);
-            if (p + 1 < n_panels) prefetch_part(w[p + 1], K * NB, rb, row_blocks);
-            tile(x + rb * R * K, K, nr, &w[p], 0, K, 1, bias ? bias + col[p] : 0,
-                 out + rb * R * ldo + col[p], ldo, gelu);
+            const int nr = (int)(T - rb * R < R ? T - rb * R : R);
+            for (int64_t q = (g + 1) * NP; q < (g + 2) * NP && q < n_panels; q++)
+                prefetch_part(w[q], K * NB, rb, row_blocks); /* the next group's panels */
+            for (int64_t p = g * NP; p < (g + 1) * NP && p < n_panels;) {
+                const int n = p + NP <= n_panels && p == g * NP ? NP : 1;
+                PanelAt at[NP];
+                for (int j = 0; j < n; j++)
+                    at[j] = (PanelAt){&w[p + j], 0, bias ? bias + col[p + j] : 0,
+                                      out + rb * R * ldo + col[p + j]};
+                run_tile(x + rb * R * K, K, nr, at, n, K, 1, ldo, gelu);
+                p += n;
+            }
         }
     return 0;
 }
@@ -87,16 +142,23 @@ int gpteval_gemm_row_blocks(const float *x, int64_t T, const float *const *items
                             int64_t n_items, int64_t rows, int64_t C, const float *bias,
                             float *out, int nthreads) {
     if (T < 0 || rows < 1 || n_items < 0 || C % NB || nthreads < 1) return -1;
-    const int64_t row_blocks = (T + R - 1) / R, ldx = n_items * rows;
+    const int64_t row_blocks = (T + R - 1) / R, ldx = n_items * rows, np = C / NB;
 #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t cp = 0; cp < C / NB; cp++)
+    for (int64_t g = 0; g < (np + NP - 1) / NP; g++)
         for (int64_t rb = 0; rb < row_blocks; rb++) {
-            int nr = (int)(T - rb * R < R ? T - rb * R : R);
-            if (cp + 1 < C / NB) /* the next output panel's rows of every item */
+            const int nr = (int)(T - rb * R < R ? T - rb * R : R);
+            for (int64_t q = (g + 1) * NP; q < (g + 2) * NP && q < np; q++) /* the next group's */
                 for (int64_t i = n_items * rb / row_blocks; i < n_items * (rb + 1) / row_blocks; i++)
-                    prefetch_part(items[i] + (cp + 1) * rows * NB, rows * NB, 0, 1);
-            tile(x + rb * R * ldx, ldx, nr, items, cp * rows * NB, rows, n_items,
-                 bias ? bias + cp * NB : 0, out + rb * R * C + cp * NB, C, 0);
+                    prefetch_part(items[i] + q * rows * NB, rows * NB, 0, 1);
+            for (int64_t cp = g * NP; cp < (g + 1) * NP && cp < np;) {
+                const int n = cp + NP <= np && cp == g * NP ? NP : 1;
+                PanelAt at[NP];
+                for (int j = 0; j < n; j++)
+                    at[j] = (PanelAt){items, (cp + j) * rows * NB, bias ? bias + (cp + j) * NB : 0,
+                                      out + rb * R * C + (cp + j) * NB};
+                run_tile(x + rb * R * ldx, ldx, nr, at, n, rows, n_items, C, 0);
+                cp += n;
+            }
         }
     return 0;
 }
