@@ -32,6 +32,15 @@
  * registers, no pass of its own over the activation), else none.  NPT is NP, or 1 for
  * the panels left over: a macro, so that each copy has constant trip counts and keeps
  * its accumulators in registers. */
+#define TILE_STEPS(NPT, ROWS)                                                              \
+    for (int64_t k = 0; k < klen; k++) {                                                   \
+        v16 wk[NPT];                                                                       \
+        for (int j = 0; j < NPT; j++) wk[j] = LOAD(ws[j] + k * NB);                        \
+        for (int r = 0; r < (ROWS); r++) {                                                 \
+            float xr = xs[r * ldx + k];                                                    \
+            for (int j = 0; j < NPT; j++) acc[j][r] += xr * wk[j];                         \
+        }                                                                                  \
+    }
 #define DEFINE_TILE(NAME, NPT)                                                             \
     static inline void NAME(const float *x, int64_t ldx, int nr,                           \
                             const float *const *const *w, const int64_t *woff, int64_t klen,\
@@ -46,25 +55,9 @@
         for (int64_t s = 0; s < nseg; s++) {                                               \
             const float *ws[NPT], *xs = x + s * klen;                                      \
             for (int j = 0; j < NPT; j++) ws[j] = w[j][s] + woff[j];                       \
-            if (nr == R) {                                                                 \
-                for (int64_t k = 0; k < klen; k++) {                                       \
-                    v16 wk[NPT];                                                           \
-                    for (int j = 0; j < NPT; j++) wk[j] = LOAD(ws[j] + k * NB);            \
-                    for (int r = 0; r < R; r++) {                                          \
-                        float xr = xs[r * ldx + k];                                        \
-                        for (int j = 0; j < NPT; j++) acc[j][r] += xr * wk[j];             \
-                    }                                                                      \
-                }                                                                          \
-            } else {                                                                       \
-                for (int64_t k = 0; k < klen; k++) {                                       \
-                    v16 wk[NPT];                                                           \
-                    for (int j = 0; j < NPT; j++) wk[j] = LOAD(ws[j] + k * NB);            \
-                    for (int r = 0; r < nr; r++) {                                         \
-                        float xr = xs[r * ldx + k];                                        \
-                        for (int j = 0; j < NPT; j++) acc[j][r] += xr * wk[j];             \
-                    }                                                                      \
-                }                                                                          \
-            }                                                                              \
+            /* R, a constant, lets the compiler keep acc in registers; nr, the rows left */ \
+            if (nr == R) TILE_STEPS(NPT, R)                                                \
+            else TILE_STEPS(NPT, nr)                                                       \
         }                                                                                  \
         for (int j = 0; j < NPT; j++)                                                      \
             for (int r = 0; r < nr; r++) {                                                 \
@@ -75,9 +68,9 @@
 DEFINE_TILE(tile_np, NP)
 DEFINE_TILE(tile_1, 1)
 
-/* The tile of panels p0 .. p0+n (n = NP, or 1), panel j's weights at w[j][s] + woff[j].
- * What the two GEMMs below differ in is only where a panel's weights, bias and output
- * columns are: `where` fills those in for panel p0 + j. */
+/* Where one output panel's weights (segments w, each at + woff), bias and output columns
+ * are: the only thing the two GEMMs below do differently.  run_tile takes n of them (NP,
+ * or 1 for a panel left over). */
 typedef struct {
     const float *const *w; /* the panel's weight segments */
     int64_t woff;

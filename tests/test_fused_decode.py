@@ -148,20 +148,27 @@ def test_weights_are_held_once(tmp_path):
     assert any("fused_prefill.c" in n for n in fused.notes)
 
 
+# width 64: 4 output panels in each c_proj, 16 in c_fc, so the GEMMs' 3-panel tiles leave
+# one panel over (CFG's widths divide evenly)
+CFG_PANELS_LEFT = GPTConfig(vocab_size=300, n_positions=96, n_layer=1, n_head=2, n_embd=64,
+                            name="fused-left")
+
+
+@pytest.mark.parametrize("cfg", [CFG, CFG_PANELS_LEFT], ids=["even", "panels-left"])
 @pytest.mark.parametrize("rows", [1, 7, 8, 9, 33])
-def test_prefill_projections_match_the_ones_they_replace(tmp_path, rows):
+def test_prefill_projections_match_the_ones_they_replace(tmp_path, rows, cfg):
     """Each of a layer's four projections, read from the kernel's copy (its column panels
     in the model's column order, its row blocks summed item by item; c_fc with the gelu
     that follows it in the model), gives what the model's own gave, at row counts below,
-    at and past the GEMM's 8-row tile, from a strided input, at 1 and 3 threads; and
-    refuses autograd."""
+    at and past the GEMM's 8-row tile, with and without panels left over from its 3-panel
+    tiles, from a strided input, at 1 and 3 threads; and refuses autograd."""
     from gpteval.activations import gelu_tanh
 
-    ref = model()
-    fused = build("fused-decode", model(), tmp_path)
+    ref = model(cfg)
+    fused = build("fused-decode", model(cfg), tmp_path)
     before = torch.get_num_threads()
     try:
-        for i in range(CFG.n_layer):
+        for i in range(cfg.n_layer):
             mine, theirs = fused.model.transformer.h[i], ref.transformer.h[i]
             for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
                 got_m, want_m = mine.get_submodule(name), theirs.get_submodule(name)
@@ -180,7 +187,7 @@ def test_prefill_projections_match_the_ones_they_replace(tmp_path, rows):
     finally:
         torch.set_num_threads(before)
     with pytest.raises(RuntimeError, match="inference only"):
-        fused.model.transformer.h[0].mlp.c_fc(torch.randn(2, CFG.n_embd, requires_grad=True))
+        fused.model.transformer.h[0].mlp.c_fc(torch.randn(2, cfg.n_embd, requires_grad=True))
 
 
 def test_each_threads_share_of_a_phase_is_one_stream(tmp_path):
