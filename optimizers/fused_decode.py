@@ -11,12 +11,12 @@ positions written so far.  Same float32 math as the reference: sums in another o
 
 What changes is `decode`.  Prefill stays the eager model's code (layer norms, SDPA),
 but its projections read the kernel's weight copy: the four block projections through
-fused_prefill.c's GEMMs (fused_prefill.py: ArenaProjection, as fast as oneDNN's packed
-GEMM at 128 rows; c_fc with the gelu inside, ArenaMLP), its last position's lm_head
-through the kernel's own head (KernelHead), and where the head is tied to the token
-table (GPT-2) the embedding gathers the head's columns (HeadEmbedding).  The model keeps no other copy of them: the
-variant holds its weights once (gpt2: 475 MiB with its cache, was 965; eager's 622 hold
-a second, (in, out) lm_head).  The teacher-forced forward runs the kernel token by token,
+fused_prefill.c's GEMMs (fused_prefill.py: ArenaProjection, near oneDNN's packed GEMM
+at 128 rows; c_fc with the gelu inside, ArenaMLP), its last position's lm_head through
+the kernel's own head (KernelHead), and where the head is tied to the token table
+(GPT-2) the embedding gathers the head's columns (HeadEmbedding).  The model keeps no
+other copy of them: the variant holds its weights once (gpt2: 475 MiB with its cache, was
+965; eager's 622 hold a second, (in, out) lm_head).  The teacher-forced forward runs the kernel token by token,
 so fidelity and perplexity measure it.  The weight copy is laid out for the kernel
 (fused_layout.py: panels of 16 columns for column-wise reads, zero-padded).
 

@@ -26,9 +26,18 @@
 #define R 8  /* rows a tile */
 #define NP 3 /* output panels a tile (a panel count that is not a multiple: the rest one by one) */
 
-/* out[j][r][0..NB) = act(bias[j] + sum over segments s of x[r][s*klen .. +klen) @
- * (klen rows of NB at w[j][s] + woff[j])), for panels j < NPT and rows r < nr <= R; ldx,
- * ldo: row strides of x and out; act: GPT-2's gelu where `gelu` (c_fc: applied in
+/* Where one output panel's weights (segments w, each at + woff), bias and output columns
+ * are: the only thing the two GEMMs below do differently. */
+typedef struct {
+    const float *const *w; /* the panel's weight segments */
+    int64_t woff;
+    const float *bias;
+    float *out;
+} PanelAt;
+
+/* at[j].out[r][0..NB) = act(at[j].bias + sum over segments s of x[r][s*klen .. +klen) @
+ * (klen rows of NB at at[j].w[s] + at[j].woff)), for panels j < NPT and rows r < nr <= R;
+ * ldx, ldo: row strides of x and out; act: GPT-2's gelu where `gelu` (c_fc: applied in
  * registers, no pass of its own over the activation), else none.  NPT is NP, or 1 for
  * the panels left over: a macro, so that each copy has constant trip counts and keeps
  * its accumulators in registers. */
@@ -42,19 +51,17 @@
         }                                                                                  \
     }
 #define DEFINE_TILE(NAME, NPT)                                                             \
-    static inline void NAME(const float *x, int64_t ldx, int nr,                           \
-                            const float *const *const *w, const int64_t *woff, int64_t klen,\
-                            int64_t nseg, const float *const *bias, float *const *out,     \
-                            int64_t ldo, int gelu) {                                       \
+    static inline void NAME(const float *x, int64_t ldx, int nr, const PanelAt *at,        \
+                            int64_t klen, int64_t nseg, int64_t ldo, int gelu) {           \
         v16 acc[NPT][R];                                                                   \
         for (int j = 0; j < NPT; j++) {                                                    \
             v16 b = {0};                                                                   \
-            if (bias[j]) memcpy(&b, bias[j], sizeof b);                                    \
+            if (at[j].bias) memcpy(&b, at[j].bias, sizeof b);                              \
             for (int r = 0; r < R; r++) acc[j][r] = b;                                     \
         }                                                                                  \
         for (int64_t s = 0; s < nseg; s++) {                                               \
             const float *ws[NPT], *xs = x + s * klen;                                      \
-            for (int j = 0; j < NPT; j++) ws[j] = w[j][s] + woff[j];                       \
+            for (int j = 0; j < NPT; j++) ws[j] = at[j].w[s] + at[j].woff;                 \
             /* R, a constant, lets the compiler keep acc in registers; nr, the rows left */ \
             if (nr == R) TILE_STEPS(NPT, R)                                                \
             else TILE_STEPS(NPT, nr)                                                       \
@@ -62,35 +69,21 @@
         for (int j = 0; j < NPT; j++)                                                      \
             for (int r = 0; r < nr; r++) {                                                 \
                 v16 v = gelu ? vgelu_tanh(acc[j][r]) : acc[j][r];                          \
-                memcpy(out[j] + r * ldo, &v, sizeof v);                                    \
+                memcpy(at[j].out + r * ldo, &v, sizeof v);                                 \
             }                                                                              \
     }
 DEFINE_TILE(tile_np, NP)
 DEFINE_TILE(tile_1, 1)
 
-/* Where one output panel's weights (segments w, each at + woff), bias and output columns
- * are: the only thing the two GEMMs below do differently.  run_tile takes n of them (NP,
- * or 1 for a panel left over). */
-typedef struct {
-    const float *const *w; /* the panel's weight segments */
-    int64_t woff;
-    const float *bias;
-    float *out;
-} PanelAt;
-
-static inline void run_tile(const float *x, int64_t ldx, int nr, const PanelAt *at, int n,
-                            int64_t klen, int64_t nseg, int64_t ldo, int gelu) {
-    const float *const *w[NP];
-    int64_t woff[NP];
-    const float *bias[NP];
-    float *out[NP];
-    for (int j = 0; j < n; j++) w[j] = at[j].w, woff[j] = at[j].woff, bias[j] = at[j].bias,
-                                out[j] = at[j].out;
-    if (n == NP) tile_np(x, ldx, nr, w, woff, klen, nseg, bias, out, ldo, gelu);
-    else tile_1(x, ldx, nr, w, woff, klen, nseg, bias, out, ldo, gelu);
+/* A group of n panels: one NP-panel tile, or (the panels left over) one tile each. */
+static inline void tiles(const float *x, int64_t ldx, int nr, const PanelAt *at, int n,
+                         int64_t klen, int64_t nseg, int64_t ldo, int gelu) {
+    if (n == NP) tile_np(x, ldx, nr, at, klen, nseg, ldo, gelu);
+    else
+        for (int j = 0; j < n; j++) tile_1(x, ldx, nr, at + j, klen, nseg, ldo, gelu);
 }
 
-/* Prefetch into L2 the part `part` of `parts` of n floats at p: the next tile's weights,
+/* Prefetch into L2 the part `part` of `parts` of n floats at p: the next group's weights,
  * spread over the current one's row blocks (a panel's first tile would otherwise wait on
  * memory: the hardware prefetcher runs only a few lines ahead of so slow a stream). */
 static inline void prefetch_part(const float *p, int64_t n, int64_t part, int64_t parts) {
@@ -114,15 +107,14 @@ int gpteval_gemm_panels(const float *x, int64_t T, int64_t K, const float *const
             const int nr = (int)(T - rb * R < R ? T - rb * R : R);
             for (int64_t q = (g + 1) * NP; q < (g + 2) * NP && q < n_panels; q++)
                 prefetch_part(w[q], K * NB, rb, row_blocks); /* the next group's panels */
-            for (int64_t p = g * NP; p < (g + 1) * NP && p < n_panels;) {
-                const int n = p + NP <= n_panels && p == g * NP ? NP : 1;
-                PanelAt at[NP];
-                for (int j = 0; j < n; j++)
-                    at[j] = (PanelAt){&w[p + j], 0, bias ? bias + col[p + j] : 0,
-                                      out + rb * R * ldo + col[p + j]};
-                run_tile(x + rb * R * K, K, nr, at, n, K, 1, ldo, gelu);
-                p += n;
+            const int n = (int)(n_panels - g * NP < NP ? n_panels - g * NP : NP);
+            PanelAt at[NP];
+            for (int j = 0; j < n; j++) {
+                const int64_t p = g * NP + j;
+                at[j] = (PanelAt){&w[p], 0, bias ? bias + col[p] : 0,
+                                  out + rb * R * ldo + col[p]};
             }
+            tiles(x + rb * R * K, K, nr, at, n, K, 1, ldo, gelu);
         }
     return 0;
 }
@@ -143,15 +135,14 @@ int gpteval_gemm_row_blocks(const float *x, int64_t T, const float *const *items
             for (int64_t q = (g + 1) * NP; q < (g + 2) * NP && q < np; q++) /* the next group's */
                 for (int64_t i = n_items * rb / row_blocks; i < n_items * (rb + 1) / row_blocks; i++)
                     prefetch_part(items[i] + q * rows * NB, rows * NB, 0, 1);
-            for (int64_t cp = g * NP; cp < (g + 1) * NP && cp < np;) {
-                const int n = cp + NP <= np && cp == g * NP ? NP : 1;
-                PanelAt at[NP];
-                for (int j = 0; j < n; j++)
-                    at[j] = (PanelAt){items, (cp + j) * rows * NB, bias ? bias + (cp + j) * NB : 0,
-                                      out + rb * R * C + (cp + j) * NB};
-                run_tile(x + rb * R * ldx, ldx, nr, at, n, rows, n_items, C, 0);
-                cp += n;
+            const int n = (int)(np - g * NP < NP ? np - g * NP : NP);
+            PanelAt at[NP];
+            for (int j = 0; j < n; j++) {
+                const int64_t cp = g * NP + j;
+                at[j] = (PanelAt){items, cp * rows * NB, bias ? bias + cp * NB : 0,
+                                  out + rb * R * C + cp * NB};
             }
+            tiles(x + rb * R * ldx, ldx, nr, at, n, rows, n_items, C, 0);
         }
     return 0;
 }
