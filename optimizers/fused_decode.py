@@ -6,7 +6,8 @@ that measured 8-23 % of a single stream's bandwidth (tools/roofline_gap.py: the 
 tensors read one call each against one buffer of the same size).  fused_decode.c runs
 a layer as two phases with one barrier each (attention heads, MLP hidden units, each
 thread streaming its own contiguous slice of the weights) and reads only the cache
-positions written so far.  Same float32 math as the reference: sums in another order
+positions written so far (the keys from its own copy, mirrored from the model's cache in
+panels of 16 positions, so the scores need no horizontal sums).  Same float32 math as the reference: sums in another order
 (split-K partials, four accumulators), logits within ~1e-6 of eager on GPT-2.
 
 What changes is `decode`.  Prefill stays the eager model's code (layer norms, SDPA),
@@ -134,7 +135,7 @@ _P = ctypes.c_void_p
 class _Layer(ctypes.Structure):
     _fields_ = ([(n, _P) for n in ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w",
                                    "ln2_b", "w_fc", "b_fc", "w_fc2", "b_fc2", "k_cache",
-                                   "v_cache")]
+                                   "v_cache", "kt_cache")]
                 + [(n, ctypes.c_int64) for n in ("n_head", "H", "head_stride",
                                                  "unit_stride")])
 
@@ -144,7 +145,8 @@ class _Model(ctypes.Structure):
                                               "max_threads", "wte_panels")]
                 + [("eps", ctypes.c_float)]
                 + [(n, _P) for n in ("wte", "wpe", "lnf_w", "lnf_b", "w_head", "layers",
-                                     "scratch", "partials", "spans")])
+                                     "scratch", "partials", "spans")]
+                + [("k_mirrored", ctypes.c_int64)])
 
 
 class FusedDecoder:
@@ -166,6 +168,11 @@ class FusedDecoder:
             self._threads = threads
             return
         layers = (_Layer * len(blocks))()
+        # the kernel's keys as panels of NB positions (fused_decode.c: scores without a
+        # horizontal sum a position), mirrored from the model's cache as decode goes
+        panels = -(-m.max_len // NB)
+        self._kt = [torch.zeros(m.max_batch, a.layer_dims[i][0], panels, a.hs, NB)
+                    for i in range(len(blocks))]
         for i, block in enumerate(blocks):
             for f in ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w", "ln2_b",
                       "w_fc", "b_fc", "w_fc2", "b_fc2"):
@@ -174,6 +181,7 @@ class FusedDecoder:
             if not (cache.k.is_contiguous() and cache.k.dtype == torch.float32):
                 raise RuntimeError("fused-decode needs a contiguous float32 KV cache")
             layers[i].k_cache, layers[i].v_cache = cache.k.data_ptr(), cache.v.data_ptr()
+            layers[i].kt_cache = self._kt[i].data_ptr()
             layers[i].n_head, layers[i].H = a.layer_dims[i]
             layers[i].head_stride, layers[i].unit_stride = a.strides[i]
         tied = isinstance(m.transformer.wte, fused_prefill.HeadEmbedding)
@@ -198,6 +206,13 @@ class FusedDecoder:
     def cache_changed(self) -> None:
         """The model's KV cache may have been reallocated (reset): look again next step."""
         self._threads = None
+        self.keys_rewritten()
+
+    def keys_rewritten(self) -> None:
+        """A prefill wrote the model's cache: the next step mirrors its keys into the
+        kernel's panels afresh (a new struct starts at 0 anyway)."""
+        if self._shape is not None:
+            self._struct.k_mirrored = 0
 
     def __call__(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Logits (B, V) of `token` (B, 1) at position `pos` (an int64 tensor of one
@@ -285,6 +300,11 @@ class FusedDecodeEngine(TorchEngine):
         super().reset(batch, max_len)
         self.decoder.cache_changed()
 
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = super().prefill(ids)
+        self.decoder.keys_rewritten()
+        return logits
+
     def decode(self, token: torch.Tensor) -> torch.Tensor:
         # TorchEngine.decode minus its per-step torch calls (no inference_mode either: the
         # kernel records no autograd history): the kernel itself advances the position
@@ -345,8 +365,9 @@ class FusedDecode(Pass):
                            f"{len(te.model.transformer.h) * 2 + 1} phases a step), its own "
                            f"weight copy {fused.decoder.arena.nbytes / 2**20:.0f} MB "
                            "in panels, the only one held: prefill's projections and lm_head "
-                           "read it too (fused_prefill.c); teacher-forced forward (fidelity, "
-                           "perplexity) token by token through the kernel")
+                           "read it too (fused_prefill.c); the cache's keys mirrored in "
+                           "panels of 16 positions (its K cache's size again); teacher-forced "
+                           "forward (fidelity, perplexity) token by token through the kernel")
         return fused
 
 

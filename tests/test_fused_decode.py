@@ -342,3 +342,23 @@ def test_a_reset_to_the_same_cache_keeps_the_fast_path(tmp_path, monkeypatch):
     again = greedy_logits(fused, ids, 6, 16)  # reset to the same cache shape
     assert setups == [torch.get_num_threads()]  # once after the reset, not once a step
     assert torch.equal(first, again)
+
+
+def test_a_new_prompt_without_reset_decodes_from_its_own_keys(tmp_path):
+    """The kernel reads keys from its own panel copy, mirrored from the model's cache: a
+    second prefill into the same cache (no reset) must replace the first prompt's keys
+    there, or the next steps attend to the old prompt."""
+    eager, fused = build("eager", model(), tmp_path), build("fused-decode", model(), tmp_path)
+    gen = torch.Generator().manual_seed(7)
+    first, second = (torch.randint(0, CFG.vocab_size, (1, 9), generator=gen) for _ in range(2))
+    fused.reset(1, 40)
+    fused.prefill(first)
+    for _ in range(20):  # past a panel of 16 positions
+        fused.decode(torch.ones(1, 1, dtype=torch.long))
+    logits = fused.prefill(second)[:, -1]
+    got = []
+    for _ in range(12):
+        logits = fused.decode(logits.argmax(-1, keepdim=True))
+        got.append(logits)
+    want = greedy_logits(eager, second, 12, 40)
+    assert (torch.stack(got, 1) - want).abs().max().item() < 1e-4
