@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .model import GPT
+from .model import GPT, greedy_token
 
 
 class Engine(ABC):
@@ -40,6 +40,13 @@ class Engine(ABC):
     @abstractmethod
     def decode(self, token: torch.Tensor) -> torch.Tensor:
         """Append token (B, 1) at the next position; next-token logits (B, V) float32."""
+
+    def decode_greedy(self, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """decode(token) and the greedy next token (B, 1) int64: argmax of the logits, the
+        first largest (a NaN counts as the largest).  An engine that finds it inside its
+        step overrides this (fused-decode: in its lm_head, while the logits are hot)."""
+        logits = self.decode(token)
+        return logits, greedy_token(logits)
 
     @abstractmethod
     def nbytes(self) -> int:

@@ -32,7 +32,8 @@
 #include <string.h>
 #include <omp.h>
 
-#include "fused_math.h" /* NB, v16, LOAD, vexp, vgelu_tanh */
+#include "fused_argmax.h" /* Best, first_max, first_max_of */
+#include "fused_math.h"   /* NB, v16, LOAD, vexp, vgelu_tanh */
 
 #define RB 64 /* hidden units (rows of mlp.c_proj) a thread takes at a time */
 #define HB 8  /* lm_head panels a thread takes at a time */
@@ -61,6 +62,7 @@ typedef struct {
     void *spans;     /* max_threads * 64 bytes: the work-stealing ranges (below) */
     int64_t k_mirrored; /* positions [0, k_mirrored) of every kt_cache hold k_cache's keys;
                            the caller sets 0 when a prefill rewrote the cache */
+    Best *best;         /* gpteval_head_items() per sequence: each lm_head item's argmax */
 } Model;
 
 static inline void split(int64_t n, int t, int nt, int64_t *lo, int64_t *hi) {
@@ -331,21 +333,29 @@ static void mlp_phase(const Model *m, const Layer *L, int t, int nt, const float
     }
 }
 
+/* lm_head items (HB panels each) */
+int64_t gpteval_head_items(const Model *m) { return (panels(m->V) + HB - 1) / HB; }
+
 /* logits (rows, V) of final-normed hidden states xn (rows, C): this thread's share of the
- * lm_head (HB panels an item).  No partials: each panel is a slice of the logits. */
+ * lm_head (HB panels an item).  No partials: each panel is a slice of the logits.  With
+ * `best`, each item's argmax of each row too (best[row * items + item]). */
 static void head_phase(const Model *m, int t, int nt, const float *xn, int64_t rows,
-                       float *hpanel, float *logits) {
-    const int64_t C = m->C, np = panels(m->V);
+                       float *hpanel, float *logits, Best *best) {
+    const int64_t C = m->C, np = panels(m->V), items = gpteval_head_items(m), V = m->V;
     Span *spans = (Span *)m->spans;
     int64_t blk;
-    items_begin(spans, t, nt, (np + HB - 1) / HB);
-    while ((blk = next_item(spans, t, nt)) >= 0)
+    items_begin(spans, t, nt, items);
+    while ((blk = next_item(spans, t, nt)) >= 0) {
         for (int64_t p = blk * HB; p < np && p < (blk + 1) * HB; p++)
             for (int64_t b = 0; b < rows; b++) {
                 gemv_panel(xn + b * C, m->w_head + p * C * NB, C, hpanel);
-                for (int64_t j = 0; j < NB && p * NB + j < m->V; j++)
-                    logits[b * m->V + p * NB + j] = hpanel[j];
+                for (int64_t j = 0; j < NB && p * NB + j < V; j++)
+                    logits[b * V + p * NB + j] = hpanel[j];
             }
+        const int64_t lo = blk * HB * NB, n = (V - lo < HB * NB ? V - lo : HB * NB);
+        for (int64_t b = 0; best && b < rows; b++)
+            best[b * items + blk] = first_max(logits + b * V + lo, n, lo);
+    }
 }
 
 /* logits (rows, V) of hidden states xn (rows, C) already through ln_f: the lm_head alone,
@@ -356,18 +366,20 @@ int gpteval_head(const Model *m, const float *xn, int64_t rows, float *logits, i
 #pragma omp parallel num_threads(nthreads)
     {
         int t = omp_get_thread_num();
-        head_phase(m, t, omp_get_num_threads(), xn, rows, m->scratch + t * per_thread, logits);
+        head_phase(m, t, omp_get_num_threads(), xn, rows, m->scratch + t * per_thread, logits,
+                   NULL);
     }
     return 0;
 }
 
 /* logits (batch, V) of tokens (batch,) at position *pos_p, advancing every layer's cache
- * and then *pos_p (the caller's position tensor: no Python-side op a step for it).
+ * and then *pos_p (the caller's position tensor: no Python-side op a step for it); with
+ * `next` (else NULL), each sequence's greedy next token there (fused_argmax.h).
  * Returns 0; -1 when called with more threads than the scratch was sized for, -2 when the
  * position is outside the cache, -3 when a token is outside the vocabulary (nothing is
  * written then). */
 int gpteval_decode_step(Model *m, const int64_t *tokens, int64_t *pos_p,
-                        float *logits, int nthreads) {
+                        float *logits, int64_t *next, int nthreads) {
     if (nthreads < 1 || nthreads > m->max_threads) return -1;
     const int64_t C = m->C, B = m->batch, pos = *pos_p;
     if (pos < 0 || pos >= m->max_len) return -2;
@@ -404,7 +416,11 @@ int gpteval_decode_step(Model *m, const int64_t *tokens, int64_t *pos_p,
         }
         for (int64_t b = 0; b < B; b++)
             layer_norm(x + b * C, m->lnf_w, m->lnf_b, C, m->eps, xn + b * C);
-        head_phase(m, t, nt, xn, B, hpanel, logits);
+        head_phase(m, t, nt, xn, B, hpanel, logits, next ? m->best : NULL);
+    }
+    for (int64_t b = 0; next && b < B; b++) {
+        const int64_t items = gpteval_head_items(m);
+        next[b] = first_max_of(m->best + b * items, items).i;
     }
     m->k_mirrored = pos + 1;
     *pos_p = pos + 1;

@@ -57,6 +57,7 @@ from .fused_layout import NB, RB, WeightArena, head_in_out
 SOURCE = Path(__file__).with_name("fused_decode.c")
 PREFILL_SOURCE = Path(__file__).with_name("fused_prefill.c")
 MATH_HEADER = Path(__file__).with_name("fused_math.h")  # included by both sources
+HEADERS = [MATH_HEADER, Path(__file__).with_name("fused_argmax.h")]
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 _lib_lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -87,7 +88,7 @@ def build() -> ctypes.CDLL:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True,
                                  check=False).stdout
         sources = [SOURCE, PREFILL_SOURCE]
-        key = hashlib.sha256(b"".join(s.read_bytes() for s in [*sources, MATH_HEADER])
+        key = hashlib.sha256(b"".join(s.read_bytes() for s in [*sources, *HEADERS])
                              + version.encode()
                              + " ".join(CFLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
         out = cache_dir() / f"fused_decode-{key}.so"
@@ -103,7 +104,7 @@ def build() -> ctypes.CDLL:
             os.replace(tmp, out)  # atomic: a concurrent build never loads half a file
         lib = ctypes.CDLL(str(out))
         lib.gpteval_decode_step.restype = ctypes.c_int
-        lib.gpteval_decode_step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int]
+        lib.gpteval_decode_step.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int]
         lib.gpteval_head.restype = ctypes.c_int
         lib.gpteval_head.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_void_p,
                                                              ctypes.c_int]
@@ -111,6 +112,8 @@ def build() -> ctypes.CDLL:
         lib.gpteval_scratch_floats.argtypes = [ctypes.c_void_p]
         lib.gpteval_partials_floats.restype = ctypes.c_int64
         lib.gpteval_partials_floats.argtypes = [ctypes.c_void_p]
+        lib.gpteval_head_items.restype = ctypes.c_int64
+        lib.gpteval_head_items.argtypes = [ctypes.c_void_p]
         fused_prefill.declare(lib)
         _lib = lib
         return lib
@@ -146,7 +149,7 @@ class _Model(ctypes.Structure):
                 + [("eps", ctypes.c_float)]
                 + [(n, _P) for n in ("wte", "wpe", "lnf_w", "lnf_b", "w_head", "layers",
                                      "scratch", "partials", "spans")]
-                + [("k_mirrored", ctypes.c_int64)])
+                + [("k_mirrored", ctypes.c_int64), ("best", _P)])
 
 
 class FusedDecoder:
@@ -197,8 +200,11 @@ class FusedDecoder:
         self._partials = torch.zeros(self.lib.gpteval_partials_floats(ctypes.byref(s)),
                                      dtype=torch.float32)
         self._spans = torch.zeros(threads, 8, dtype=torch.int64)  # a 64-byte line each
+        # each lm_head item's argmax of each sequence: (float value, int64 index) pairs
+        self._best = torch.zeros(m.max_batch * self.lib.gpteval_head_items(ctypes.byref(s)), 2,
+                                 dtype=torch.int64)
         s.scratch, s.partials = self._scratch.data_ptr(), self._partials.data_ptr()
-        s.spans = self._spans.data_ptr()
+        s.spans, s.best = self._spans.data_ptr(), self._best.data_ptr()
         self._layers, self._struct, self._shape = layers, s, shape
         self._struct_ref, self._threads = ctypes.byref(s), threads
         self._token_shape, self._out_shape = (m.max_batch, 1), (m.max_batch, cfg.vocab_size)
@@ -214,9 +220,11 @@ class FusedDecoder:
         if self._shape is not None:
             self._struct.k_mirrored = 0
 
-    def __call__(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def __call__(self, token: torch.Tensor, pos: torch.Tensor,
+                 next_token: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, V) of `token` (B, 1) at position `pos` (an int64 tensor of one
-        element), which the kernel then advances by one in place.
+        element), which the kernel then advances by one in place; with `next_token` (an
+        int64 (B, 1) tensor), the greedy next token written there as well.
 
         Kept to a few cheap calls: each step streams ~500 MB, which leaves the caches cold,
         and every torch op or module attribute here then costs DRAM misses (measured: the
@@ -230,8 +238,9 @@ class FusedDecoder:
             raise ValueError(f"decode of tokens {tuple(token.shape)} ({pos.dtype} position): "
                              f"the cache holds {self._token_shape[0]} sequences, positions int64")
         out = torch.empty(self._out_shape, dtype=torch.float32)
-        rc = self.lib.gpteval_decode_step(self._struct_ref, token.data_ptr(), pos.data_ptr(),
-                                          out.data_ptr(), threads)
+        rc = self.lib.gpteval_decode_step(
+            self._struct_ref, token.data_ptr(), pos.data_ptr(), out.data_ptr(),
+            None if next_token is None else next_token.data_ptr(), threads)
         if rc == -2:
             raise ValueError(f"decode at position {int(pos[0])}: the cache holds "
                              f"{self._token_shape[0]} x {self.model.max_len}")
@@ -310,6 +319,12 @@ class FusedDecodeEngine(TorchEngine):
         # kernel records no autograd history): the kernel itself advances the position
         return self.decoder(token if token.dim() == 2 else token.reshape(-1, 1),
                             self._decode_position())
+
+    def decode_greedy(self, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the argmax comes from the kernel's lm_head phase (fused_argmax.h)
+        token = token if token.dim() == 2 else token.reshape(-1, 1)
+        next_token = torch.empty(token.shape[0], 1, dtype=torch.int64)
+        return self.decoder(token, self._decode_position(), next_token), next_token
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -362,3 +362,51 @@ def test_a_new_prompt_without_reset_decodes_from_its_own_keys(tmp_path):
         got.append(logits)
     want = greedy_logits(eager, second, 12, 40)
     assert (torch.stack(got, 1) - want).abs().max().item() < 1e-4
+
+
+def test_the_kernels_greedy_token_is_the_argmax_of_its_logits(tmp_path):
+    """decode_greedy's token comes from the kernel's lm_head phase, not from the logits it
+    returns: three sequences over a generation must get greedy_token's answer each step."""
+    from gpteval.model import greedy_token
+
+    fused = build("fused-decode", model(), tmp_path)
+    ids = torch.randint(0, CFG.vocab_size, (3, 7), generator=torch.Generator().manual_seed(5))
+    fused.reset(3, 40)
+    token = greedy_token(fused.prefill(ids)[:, -1])
+    for _ in range(25):
+        logits, token = fused.decode_greedy(token)
+        assert token.dtype == torch.int64 and token.shape == (3, 1)
+        assert torch.equal(token, greedy_token(logits))
+
+
+def test_the_kernels_argmax_takes_the_first_largest_and_a_nan_first(tmp_path):
+    """Ties and NaNs, as numpy's and torch's argmax: every lm_head column the same (all
+    logits tie: token 0), two columns alike apart from the rest (37 and 297 tie, in
+    different lm_head items), then NaN columns (the first NaN wins over any number)."""
+    from gpteval.model import greedy_token
+
+    fused = build("fused-decode", model(), tmp_path)
+    head = fused.decoder.arena.head_panels  # (V / 16, C, 16): column t at [t // 16, :, t % 16]
+
+    def column(t: int, values: torch.Tensor) -> None:
+        head[t // 16, :, t % 16] = values
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        fused.reset(1, 8)
+        fused.prefill(torch.tensor([[1, 2, 3]]))
+        return fused.decode_greedy(torch.tensor([[4]]))
+
+    base = head[0, :, 0].clone()
+    for t in range(CFG.vocab_size):
+        column(t, base)
+    logits, token = step()
+    assert (logits == logits[0, 0]).all() and token.item() == 0
+    for t in (37, 297):
+        column(t, -base)
+    logits, token = step()
+    assert logits[0, 37] == logits[0, 297] != logits[0, 0]
+    assert torch.equal(token, greedy_token(logits)) and token.item() in (0, 37)
+    for t in (260, 140):  # items 2 and 1
+        column(t, torch.full_like(base, float("nan")))
+    logits, token = step()
+    assert token.item() == 140 and torch.equal(token, greedy_token(logits))

@@ -7,6 +7,8 @@ One repeat, for batch B, prompt length P and N new tokens:
     logits = prefill(prompt); token 1 = argmax of the last position's logits
     mark                                  -> ttft
     N - 1 times: logits = decode(token); next token = argmax(logits)
+                                          (engine.decode_greedy: an engine may find the
+                                          argmax inside its step)
     mark after each                       -> decode steps
 
 Every mark synchronizes device work first (or is a CUDA event), see `timer.Clock`.
@@ -95,7 +97,7 @@ def greedy_generate(engine: Engine, ids: torch.Tensor, new_tokens: int,
     if after_token is not None:
         after_token()
     for _ in range(new_tokens - 1):
-        token = greedy_token(engine.decode(token))
+        _, token = engine.decode_greedy(token)
         out.append(token)
         if after_token is not None:
             after_token()
