@@ -24,7 +24,8 @@
  * panels, then its c_proj rows), so a thread's share of a phase is one contiguous stream
  * read front to back.  (Two streams, a matrix's items then the other's, read 1-1.6 % slower
  * in the host's fast-bandwidth mode: 2 x 40 A/B rounds, same logits to the bit.)
- * Sums are float32 like the reference; only their order differs (~1e-6 in logits).
+ * Sums are float32 like the reference; only their order differs (~1e-6 in logits).  The
+ * sequences of a batch share each weight load (fused_gemv.h), each summed as if alone.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -34,6 +35,7 @@
 
 #include "fused_argmax.h" /* Best, first_max, first_max_of */
 #include "fused_math.h"   /* NB, v16, LOAD, vexp, vgelu_tanh */
+#include "fused_gemv.h"   /* gemv_panel_rows, gemv_rows_block_rows, panel_R */
 #include "fused_steal.h"  /* Span, items_begin, next_item: work stealing */
 
 #define RB 64 /* hidden units (rows of mlp.c_proj) a thread takes at a time */
@@ -65,42 +67,6 @@ typedef struct {
                            the caller sets 0 when a prefill rewrote the cache */
     Best *best;         /* gpteval_head_items() per sequence: each lm_head item's argmax */
 } Model;
-
-/* out[0..NB) = x[0..K) @ panel (K rows of NB floats) */
-static inline void gemv_panel(const float *x, const float *w, int64_t K, float *out) {
-    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-    int64_t i = 0;
-    for (; i + 4 <= K; i += 4) {
-        a0 += x[i] * LOAD(w + i * NB);
-        a1 += x[i + 1] * LOAD(w + (i + 1) * NB);
-        a2 += x[i + 2] * LOAD(w + (i + 2) * NB);
-        a3 += x[i + 3] * LOAD(w + (i + 3) * NB);
-    }
-    for (; i < K; i++) a0 += x[i] * LOAD(w + i * NB);
-    v16 s = (a0 + a1) + (a2 + a3);
-    memcpy(out, &s, sizeof s);
-}
-
-/* part[0..C) = h[0..rows) @ a row block: `rows` rows (a multiple of 4) of a row-wise
- * matrix, stored as C/NB panels of [rows][NB cols] so the block is read front to back.
- * (Rows of 3 KB added into the partial one at a time streamed at 6 GB/s, a load and a
- * store of the partial per weight read; blocks of 16 rows at 20-22 GB/s; of 64 rows, as
- * fast as a panel: 24-25 GB/s on one Zen 4 core.) */
-static inline void gemv_rows_block(const float *h, const float *blk, int64_t rows, int64_t C,
-                                   float *part) {
-    for (int64_t cp = 0; cp < C / NB; cp++) {
-        const float *w = blk + cp * rows * NB;
-        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        for (int64_t j = 0; j < rows; j += 4) {
-            a0 += h[j] * LOAD(w + j * NB);
-            a1 += h[j + 1] * LOAD(w + (j + 1) * NB);
-            a2 += h[j + 2] * LOAD(w + (j + 2) * NB);
-            a3 += h[j + 3] * LOAD(w + (j + 3) * NB);
-        }
-        a0 += (a1 + a2) + a3;
-        memcpy(part + cp * NB, &a0, sizeof a0);
-    }
-}
 
 typedef float v8 __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
 
@@ -179,10 +145,12 @@ static void weighted_rows(const float *scores, const float *v, int64_t n, int64_
 static inline int64_t panels(int64_t n) { return (n + NB - 1) / NB; }
 
 /* floats of per-thread scratch: residual x, normed xn (batch x C each), q/k/v of a head
- * (3 x hs), a head's output (hs), attention scores (max_len rounded up to NB), a block of
- * hidden units (RB) */
+ * (batch x 3 x hs), a head's output (batch x hs), attention scores (max_len rounded up to
+ * NB), a block of hidden units (batch x RB; the lm_head's 4 rows x NB fit in it too) */
 int64_t gpteval_scratch_floats(const Model *m) {
-    return 2 * m->batch * m->C + 3 * panels(m->hs) * NB + m->hs + panels(m->max_len) * NB + RB;
+    const int64_t B = m->batch;
+    return 2 * B * m->C + B * (3 * panels(m->hs) * NB + m->hs) + panels(m->max_len) * NB
+           + B * RB;
 }
 
 /* floats of the partial outputs: two phases' worth (a thread can be one phase ahead of
@@ -232,19 +200,21 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
     items_begin(spans, t, nt, nh);
     while ((h = next_item(spans, t, nt)) >= 0) {
         float *part = parts + h * m->batch * C;
+        const int64_t QS = 3 * hp * NB; /* one sequence's q, k, v */
+        for (int64_t s = 0; s < 3; s++) { /* q, k, v of head h, every sequence at once */
+            const float *w = L->w_qkv + h * L->head_stride + s * hp * C * NB;
+            for (int64_t p = 0; p < hp; p++)
+                gemv_panel_rows(xn, C, m->batch, w + p * C * NB, C, qkv + s * hp * NB + p * NB, QS);
+        }
         for (int64_t b = 0; b < m->batch; b++) {
-            const float *xb = xn + b * C;
-            for (int64_t s = 0; s < 3; s++) { /* q, k, v of head h */
-                const float *w = L->w_qkv + h * L->head_stride + s * hp * C * NB;
-                float *out = qkv + s * hp * NB;
-                for (int64_t p = 0; p < hp; p++) gemv_panel(xb, w + p * C * NB, C, out + p * NB);
-                for (int64_t j = 0; j < hs; j++) out[j] += L->b_qkv[s * width + h * hs + j];
-            }
-            const float *q = qkv;
+            float *qb = qkv + b * QS;
+            for (int64_t s = 0; s < 3; s++)
+                for (int64_t j = 0; j < hs; j++) qb[s * hp * NB + j] += L->b_qkv[s * width + h * hs + j];
+            const float *q = qb;
             int64_t base = ((b * nh + h) * m->max_len) * hs;
             float *kc = L->k_cache + base, *vc = L->v_cache + base;
-            memcpy(kc + pos * hs, qkv + hp * NB, hs * sizeof(float));
-            memcpy(vc + pos * hs, qkv + 2 * hp * NB, hs * sizeof(float));
+            memcpy(kc + pos * hs, qb + hp * NB, hs * sizeof(float));
+            memcpy(vc + pos * hs, qb + 2 * hp * NB, hs * sizeof(float));
             float *kt = L->kt_cache + ((b * nh + h) * panels(m->max_len)) * hs * NB;
             /* the keys a prefill wrote, then this one (always: a caller may go back) */
             for (int64_t p = m->k_mirrored < pos ? m->k_mirrored : pos; p <= pos; p++)
@@ -253,14 +223,15 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
              * horizontal sum a position.  (Dot products of the cache's rows: the attention
              * math ~25 % longer on one core, a gpt2 step 0.5 %: 2 x 40 paired A/B runs.) */
             for (int64_t p = 0; p <= pos; p += NB) {
-                gemv_panel(q, kt + (p / NB) * hs * NB, hs, scores + p);
+                panel_R(q, 0, 1, kt + (p / NB) * hs * NB, hs, scores + p, 0);
                 v16 s = LOAD(scores + p) * scale;
                 memcpy(scores + p, &s, sizeof s);
             }
             softmax(scores, pos + 1);
-            weighted_rows(scores, vc, pos + 1, hs, yh);
-            gemv_rows_block(yh, L->w_o + h * L->head_stride, hs, C, part + b * C); /* head h's rows */
+            weighted_rows(scores, vc, pos + 1, hs, yh + b * hs);
         }
+        /* head h's rows of c_proj, every sequence at once */
+        gemv_rows_block_rows(yh, hs, m->batch, L->w_o + h * L->head_stride, hs, C, part, C);
     }
 }
 
@@ -272,13 +243,12 @@ static void mlp_phase(const Model *m, const Layer *L, int t, int nt, const float
     items_begin(spans, t, nt, units);
     while ((u = next_item(spans, t, nt)) >= 0) {
         float *part = parts + u * m->batch * C;
-        for (int64_t b = 0; b < m->batch; b++) {
-            for (int64_t s = 0; s < RB / NB; s++)
-                gemv_panel(xn + b * C, L->w_fc + u * L->unit_stride + s * NB * C, C, hblock + s * NB);
-            /* padded hidden units have zero weights, bias and second-projection rows */
-            gelu_tanh_block(hblock, L->b_fc + u * RB, RB);
-            gemv_rows_block(hblock, L->w_fc2 + u * L->unit_stride, RB, C, part + b * C);
-        }
+        for (int64_t s = 0; s < RB / NB; s++) /* hblock: RB units a sequence */
+            gemv_panel_rows(xn, C, m->batch, L->w_fc + u * L->unit_stride + s * NB * C, C,
+                            hblock + s * NB, RB);
+        /* padded hidden units have zero weights, bias and second-projection rows */
+        for (int64_t b = 0; b < m->batch; b++) gelu_tanh_block(hblock + b * RB, L->b_fc + u * RB, RB);
+        gemv_rows_block_rows(hblock, RB, m->batch, L->w_fc2 + u * L->unit_stride, RB, C, part, C);
     }
 }
 
@@ -296,10 +266,12 @@ static void head_phase(const Model *m, int t, int nt, const float *xn, int64_t r
     items_begin(spans, t, nt, items);
     while ((blk = next_item(spans, t, nt)) >= 0) {
         for (int64_t p = blk * HB; p < np && p < (blk + 1) * HB; p++)
-            for (int64_t b = 0; b < rows; b++) {
-                gemv_panel(xn + b * C, m->w_head + p * C * NB, C, hpanel);
-                for (int64_t j = 0; j < NB && p * NB + j < V; j++)
-                    logits[b * V + p * NB + j] = hpanel[j];
+            for (int64_t b0 = 0; b0 < rows; b0 += 4) { /* hpanel holds 4 rows' NB logits */
+                const int64_t n = rows - b0 < 4 ? rows - b0 : 4;
+                gemv_panel_rows(xn + b0 * C, C, n, m->w_head + p * C * NB, C, hpanel, NB);
+                for (int64_t b = 0; b < n; b++)
+                    for (int64_t j = 0; j < NB && p * NB + j < V; j++)
+                        logits[(b0 + b) * V + p * NB + j] = hpanel[b * NB + j];
             }
         const int64_t lo = blk * HB * NB, n = (V - lo < HB * NB ? V - lo : HB * NB);
         for (int64_t b = 0; best && b < rows; b++)
@@ -339,7 +311,7 @@ int gpteval_decode_step(Model *m, const int64_t *tokens, int64_t *pos_p,
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
         float *x = m->scratch + t * per_thread, *xn = x + B * C, *qkv = xn + B * C;
-        float *yh = qkv + 3 * panels(m->hs) * NB, *scores = yh + m->hs;
+        float *yh = qkv + B * 3 * panels(m->hs) * NB, *scores = yh + B * m->hs;
         float *hpanel = scores + panels(m->max_len) * NB;
         for (int64_t b = 0; b < B; b++) {
             /* a column of the panels is C floats NB apart (one line each): ~1 us a token */

@@ -57,7 +57,8 @@ from .fused_layout import NB, RB, WeightArena, head_in_out
 SOURCE = Path(__file__).with_name("fused_decode.c")
 PREFILL_SOURCE = Path(__file__).with_name("fused_prefill.c")
 MATH_HEADER = Path(__file__).with_name("fused_math.h")  # included by both sources
-HEADERS = [MATH_HEADER, *(Path(__file__).with_name(f"fused_{h}.h") for h in ("argmax", "steal"))]
+HEADERS = [MATH_HEADER, *(Path(__file__).with_name(f"fused_{h}.h")
+                          for h in ("argmax", "gemv", "steal"))]
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 _lib_lock = threading.Lock()
 _lib: ctypes.CDLL | None = None

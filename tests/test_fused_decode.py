@@ -410,3 +410,15 @@ def test_the_kernels_argmax_takes_the_first_largest_and_a_nan_first(tmp_path):
         column(t, torch.full_like(base, float("nan")))
     logits, token = step()
     assert token.item() == 140 and torch.equal(token, greedy_token(logits))
+
+
+def test_a_sequences_logits_do_not_depend_on_its_batch(tmp_path):
+    """Every sequence of a batch goes through each weight panel with the same accumulators
+    in the same order as one sequence alone (fused_decode.c: panel_dots), so its logits are
+    the same bits in a batch of 1, 3 or 6 (a group of three rows; of four, then two)."""
+    fused = build("fused-decode", model(), tmp_path)
+    ids = torch.randint(0, CFG.vocab_size, (6, 20), generator=torch.Generator().manual_seed(6))
+    alone = fused.forward(ids[2:3])  # teacher-forced: the kernel a token at a time
+    for rows in (slice(1, 4), slice(0, 6)):
+        batched = fused.forward(ids[rows])
+        assert torch.equal(batched[2 - rows.start], alone[0])

@@ -1,0 +1,92 @@
+/* The decode step's matrix-vector products (fused_decode.c) over weights laid out by
+ * fused_layout.py: column panels ([K][NB], read down) and row blocks ([C/NB][rows][NB]). */
+#ifndef GPTEVAL_FUSED_GEMV_H
+#define GPTEVAL_FUSED_GEMV_H
+#include <stdint.h>
+#include <string.h>
+
+#include "fused_math.h"
+
+/* Several sequences (a batch) through the same weights: R rows of x (R <= 4, ldx floats
+ * apart) against one panel, the panel's lines loaded once for all of them.  Each row gets
+ * the same four accumulators in the same order, so a sequence's logits are the same bits
+ * at any batch size.  R is a constant after inlining (ROWS_DISPATCH), so a[][] stays in
+ * registers (16 of them at R = 4). */
+static inline __attribute__((always_inline)) void panel_dots(const float *x, int64_t ldx, int R,
+                                                             const float *w, int64_t K,
+                                                             v16 a[4][4]) {
+    for (int r = 0; r < R; r++) a[r][0] = a[r][1] = a[r][2] = a[r][3] = (v16){0};
+    int64_t i = 0;
+    for (; i + 4 <= K; i += 4) {
+        v16 w0 = LOAD(w + i * NB), w1 = LOAD(w + (i + 1) * NB);
+        v16 w2 = LOAD(w + (i + 2) * NB), w3 = LOAD(w + (i + 3) * NB);
+        for (int r = 0; r < R; r++) {
+            const float *xr = x + r * ldx;
+            a[r][0] += xr[i] * w0;
+            a[r][1] += xr[i + 1] * w1;
+            a[r][2] += xr[i + 2] * w2;
+            a[r][3] += xr[i + 3] * w3;
+        }
+    }
+    for (; i < K; i++)
+        for (int r = 0; r < R; r++) a[r][0] += x[r * ldx + i] * LOAD(w + i * NB);
+}
+
+/* out + r * ldo = (x + r * ldx) @ panel (K rows of NB floats), for R rows */
+static inline __attribute__((always_inline)) void panel_R(const float *x, int64_t ldx, int R,
+                                                          const float *w, int64_t K, float *out,
+                                                          int64_t ldo) {
+    v16 a[4][4];
+    panel_dots(x, ldx, R, w, K, a);
+    for (int r = 0; r < R; r++) {
+        v16 s = (a[r][0] + a[r][1]) + (a[r][2] + a[r][3]);
+        memcpy(out + r * ldo, &s, sizeof s);
+    }
+}
+
+/* part + r * ldp = (h + r * ldh) @ a row block, for R rows: `rows` rows of a row-wise
+ * matrix, stored as C/NB panels of [rows][NB cols] so the block is read front to back.
+ * (Rows of 3 KB added into the partial one at a time streamed at 6 GB/s, a load and a
+ * store of the partial per weight read; blocks of 16 rows at 20-22 GB/s; of 64 rows, as
+ * fast as a panel: 24-25 GB/s on one Zen 4 core.) */
+static inline __attribute__((always_inline)) void rows_block_R(const float *h, int64_t ldh, int R,
+                                                               const float *blk, int64_t rows,
+                                                               int64_t C, float *part,
+                                                               int64_t ldp) {
+    for (int64_t cp = 0; cp < C / NB; cp++) {
+        v16 a[4][4];
+        panel_dots(h, ldh, R, blk + cp * rows * NB, rows, a);
+        for (int r = 0; r < R; r++) {
+            v16 s = a[r][0] + ((a[r][1] + a[r][2]) + a[r][3]);
+            memcpy(part + r * ldp + cp * NB, &s, sizeof s);
+        }
+    }
+}
+
+/* n rows in groups of four (then the 1-3 left), each group with a constant R */
+#define ROWS_DISPATCH(n, CALL)                                                             \
+    for (int64_t r0 = 0; r0 < (n); r0 += 4) {                                              \
+        switch ((n) - r0 < 4 ? (int)((n) - r0) : 4) {                                       \
+        case 4: CALL(4); break;                                                             \
+        case 3: CALL(3); break;                                                             \
+        case 2: CALL(2); break;                                                             \
+        default: CALL(1); break;                                                            \
+        }                                                                                   \
+    }
+
+/* out + b * ldo = (x + b * ldx) @ panel for b < n */
+static void gemv_panel_rows(const float *x, int64_t ldx, int64_t n, const float *w, int64_t K,
+                            float *out, int64_t ldo) {
+#define PANEL_CALL(R) panel_R(x + r0 * ldx, ldx, R, w, K, out + r0 * ldo, ldo)
+    ROWS_DISPATCH(n, PANEL_CALL)
+#undef PANEL_CALL
+}
+
+/* part + b * ldp = (h + b * ldh) @ a row block for b < n */
+static void gemv_rows_block_rows(const float *h, int64_t ldh, int64_t n, const float *blk,
+                                 int64_t rows, int64_t C, float *part, int64_t ldp) {
+#define ROWS_CALL(R) rows_block_R(h + r0 * ldh, ldh, R, blk, rows, C, part + r0 * ldp, ldp)
+    ROWS_DISPATCH(n, ROWS_CALL)
+#undef ROWS_CALL
+}
+#endif
