@@ -204,12 +204,14 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
         for (int64_t s = 0; s < 3; s++) { /* q, k, v of head h, every sequence at once */
             const float *w = L->w_qkv + h * L->head_stride + s * hp * C * NB;
             for (int64_t p = 0; p < hp; p++)
-                gemv_panel_rows(xn, C, m->batch, w + p * C * NB, C, qkv + s * hp * NB + p * NB, QS);
+                gemv_panel_rows(xn, C, m->batch, w + p * C * NB, C, qkv + s * hp * NB + p * NB,
+                                QS);
         }
         for (int64_t b = 0; b < m->batch; b++) {
             float *qb = qkv + b * QS;
             for (int64_t s = 0; s < 3; s++)
-                for (int64_t j = 0; j < hs; j++) qb[s * hp * NB + j] += L->b_qkv[s * width + h * hs + j];
+                for (int64_t j = 0; j < hs; j++)
+                    qb[s * hp * NB + j] += L->b_qkv[s * width + h * hs + j];
             const float *q = qb;
             int64_t base = ((b * nh + h) * m->max_len) * hs;
             float *kc = L->k_cache + base, *vc = L->v_cache + base;
@@ -218,7 +220,8 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
             float *kt = L->kt_cache + ((b * nh + h) * panels(m->max_len)) * hs * NB;
             /* the keys a prefill wrote, then this one (always: a caller may go back) */
             for (int64_t p = m->k_mirrored < pos ? m->k_mirrored : pos; p <= pos; p++)
-                for (int64_t d = 0; d < hs; d++) kt[(p / NB) * hs * NB + d * NB + p % NB] = kc[p * hs + d];
+                for (int64_t d = 0; d < hs; d++)
+                    kt[(p / NB) * hs * NB + d * NB + p % NB] = kc[p * hs + d];
             /* NB positions' scores at a time, q's elements broadcast down a panel of keys: no
              * horizontal sum a position.  (Dot products of the cache's rows: the attention
              * math ~25 % longer on one core, a gpt2 step 0.5 %: 2 x 40 paired A/B runs.) */
@@ -247,7 +250,8 @@ static void mlp_phase(const Model *m, const Layer *L, int t, int nt, const float
             gemv_panel_rows(xn, C, m->batch, L->w_fc + u * L->unit_stride + s * NB * C, C,
                             hblock + s * NB, RB);
         /* padded hidden units have zero weights, bias and second-projection rows */
-        for (int64_t b = 0; b < m->batch; b++) gelu_tanh_block(hblock + b * RB, L->b_fc + u * RB, RB);
+        for (int64_t b = 0; b < m->batch; b++)
+            gelu_tanh_block(hblock + b * RB, L->b_fc + u * RB, RB);
         gemv_rows_block_rows(hblock, RB, m->batch, L->w_fc2 + u * L->unit_stride, RB, C, part, C);
     }
 }

@@ -7,8 +7,11 @@ tensors read one call each against one buffer of the same size).  fused_decode.c
 a layer as two phases with one barrier each (attention heads, MLP hidden units, each
 thread streaming its own contiguous slice of the weights) and reads only the cache
 positions written so far (the keys from its own copy, mirrored from the model's cache in
-panels of 16 positions, so the scores need no horizontal sums).  Same float32 math as the reference: sums in another order
-(split-K partials, four accumulators), logits within ~1e-6 of eager on GPT-2.
+panels of 16 positions, so the scores need no horizontal sums).  Same float32 math as
+the reference: sums in another order (split-K partials, four accumulators), logits within
+~1e-6 of eager on GPT-2; a batch's sequences share each weight load, each summed as if
+alone (the same bits at any batch size), and the greedy next token can come out of the
+lm_head phase (`decode_greedy`).
 
 What changes is `decode`.  Prefill stays the eager model's code (layer norms, SDPA),
 but its projections read the kernel's weight copy: the four block projections through
