@@ -9,7 +9,9 @@ Rules (each row of the output is one check):
   mirror this.  `absolute = false` turns these off for runs from different machines.
 - **ratio** gates hold across machines because both numbers come from ONE run (current):
   `[[ratio]] variant = "int8-dynamic", over = "eager", metric = "decode_tok_s", min = 3.0`;
-  with `tolerance_pct` the current ratio may fall at most that far below the baseline's ratio.
+  with `tolerance_pct` the current ratio may fall at most that far below the baseline's ratio;
+  `stat = "best"` takes each variant's fastest repeat instead of its median (a host whose
+  bandwidth swings between modes within a run can put one variant's median in the slow one).
   `speedup_tolerance_pct` applies that relative form to every variant's decode_tok_s over eager.
 - **quality** (ppl, bpb, top1_agree, kl_mean, next_token_acc, acc_<task>, …) is deterministic:
   regressed when it worsens by more than max(abs, rel_pct % of the baseline).
@@ -28,8 +30,16 @@ import fnmatch
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gpteval.env import same_cpu
 from gpteval.errors import UserError, did_you_mean
@@ -82,6 +92,7 @@ class RatioGate(BaseModel):
     tolerance_pct: float | None = Field(default=None, ge=0)
     model: str | None = None
     device: str | None = None
+    stat: Literal["median", "best"] = "median"
 
     @field_validator("metric")
     @classmethod
@@ -89,6 +100,13 @@ class RatioGate(BaseModel):
         if not _known_metric(v):
             raise ValueError(f"unknown metric {v!r}.{did_you_mean(v, R.METRIC_ORDER)}")
         return v
+
+    @model_validator(mode="after")
+    def _best_needs_samples(self):
+        if self.stat == "best" and R.split_batch(self.metric)[0] not in R.BEST_SOURCES:
+            raise ValueError(f"stat 'best' takes a timed metric's fastest repeat "
+                             f"({', '.join(R.BEST_SOURCES)}), not {self.metric!r}")
+        return self
 
 
 DEFAULT_QUALITY = {
@@ -327,14 +345,18 @@ def _ratio_rows(gate: RatioGate, baseline: dict, current: dict) -> list[Row]:
     groups = R.order_of_appearance((e["model"], e["device"]) for e in current["results"])
     groups = [(m, d) for m, d in groups if (gate.model in (None, m)) and (gate.device in (None, d))]
     name = f"{gate.metric} ratio over {gate.over}"
+    value = R.metric
+    if gate.stat == "best":
+        name, value = name + " (fastest repeats)", R.best_metric
     rows = []
     for m, d in groups:
         k = (m, gate.variant, d)
-        num = R.metric(cur.get(k, {}), gate.metric)
-        den = R.metric(cur.get((m, gate.over, d), {}), gate.metric)
+        num = value(cur.get(k, {}), gate.metric)
+        den = value(cur.get((m, gate.over, d), {}), gate.metric)
         if num is None or not den:
             rows.append(Row(*k, name, None, None, None, "missing",
-                            f"needs ok '{gate.variant}' and '{gate.over}' with {gate.metric} "
+                            f"needs ok '{gate.variant}' and '{gate.over}' with {gate.metric}"
+                            f"{' and its samples' if gate.stat == 'best' else ''} "
                             "in the current run"))
             continue
         ratio, problems = num / den, []
@@ -342,8 +364,8 @@ def _ratio_rows(gate: RatioGate, baseline: dict, current: dict) -> list[Row]:
             problems.append(f"below min {gate.min:g}")
         if gate.max is not None and ratio > gate.max:
             problems.append(f"above max {gate.max:g}")
-        bnum = R.metric(base.get(k, {}), gate.metric)
-        bden = R.metric(base.get((m, gate.over, d), {}), gate.metric)
+        bnum = value(base.get(k, {}), gate.metric)
+        bden = value(base.get((m, gate.over, d), {}), gate.metric)
         bratio = bnum / bden if bnum is not None and bden else None
         delta = (ratio / bratio - 1.0) * 100.0 if bratio else None
         tol = gate.tolerance_pct

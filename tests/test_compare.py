@@ -84,6 +84,35 @@ def test_ratio_gate_fails_when_int8_speedup_drops_below_min(baseline):
     assert "below min 3" in message
 
 
+def _half_in_a_slow_mode(run, variant, factor=2.5):
+    """`variant`'s repeats as on a host that swung into a slower mode for half of them:
+    the fast half unchanged, its median (the headline numbers) now a slow repeat's."""
+    e = next(e for e in run["results"] if e["variant"] == variant)
+    tpots = sorted(e["samples"]["tpot_ms"])
+    tpots[len(tpots) // 2:] = [t * factor for t in tpots[len(tpots) // 2:]]
+    e["samples"]["tpot_ms"] = tpots
+    e["metrics"]["tpot_ms"] = float(np.median(tpots))
+    e["metrics"]["decode_tok_s"] = e["latency_protocol"]["batch"] * 1000.0 / e["metrics"]["tpot_ms"]
+    return run
+
+
+def test_a_best_ratio_gate_reads_what_each_variant_did_at_its_fastest(baseline):
+    """stat = "best": a variant whose median fell into a slow mode of the host still shows
+    its speed at its fastest repeats, while one slow in every repeat still fails."""
+    median = Gates(absolute=False, ratio=[RatioGate(variant="int8-dynamic", min=3.0)])
+    best = Gates(absolute=False, ratio=[RatioGate(variant="int8-dynamic", min=3.0, stat="best")])
+    swung = _half_in_a_slow_mode(make_results(1), "int8-dynamic")
+    assert compare(baseline, swung, median).exit_code == 1
+    result = compare(baseline, swung, best)
+    assert result.exit_code == 0, result.summary_lines()
+    row = _rows(result, "int8-dynamic", "decode_tok_s ratio over eager (fastest repeats)")[0]
+    e = {x["variant"]: x for x in swung["results"]}
+    fastest = [min(e[v]["samples"]["tpot_ms"]) for v in ("int8-dynamic", "eager")]
+    assert row.current == pytest.approx(fastest[1] / fastest[0])
+    slow = compare(baseline, make_results(1, slow={"int8-dynamic": 1.3}), best)
+    assert slow.exit_code == 1 and "below min 3" in slow.regressed[0].message()
+
+
 def test_ratio_gates_hold_when_the_whole_machine_is_twice_slower(baseline):
     other_machine = make_results(1, machine_slow=2.0)
     other_machine["env"]["cpu"] = "Slower CPU"
@@ -214,6 +243,7 @@ def test_load_gates_reads_toml_and_keeps_default_tolerances(tmp_path):
     ('[[ratio]]\nvariant = "x"\nminimum = 3\n', ["ratio.0.minimum", "Did you mean: min"]),
     ("absolute = [\n", ["gates.toml", "not valid TOML"]),
     ('speed_metrics = ["decode_ms"]\n', ["decode_ms", "decode_step_ms"]),
+    ('[[ratio]]\nvariant = "x"\nmetric = "ppl"\nstat = "best"\n', ["stat 'best'", "ppl"]),
 ])
 def test_bad_gate_files_are_user_errors(tmp_path, text, words):
     path = tmp_path / "gates.toml"

@@ -121,6 +121,31 @@ def samples(entry: dict, name: str) -> list[float]:
     return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
+# where the fastest repeat of a speed metric comes from: (raw series, rate?) -- a rate
+# (tok/s) scales with 1 / time, so its best is metric x median time / fastest time
+BEST_SOURCES = {"tpot_ms": ("tpot_ms", False), "ttft_ms": ("ttft_ms", False),
+                "decode_step_ms": ("decode_step_ms", False), "decode_tok_s": ("tpot_ms", True),
+                "prefill_tok_s": ("ttft_ms", True)}
+
+
+def best_metric(entry: dict, name: str):
+    """The metric at its fastest repeat (a time's minimum, a rate's maximum), from the raw
+    samples: on a host whose speed swings within a run, what the variant can do, where the
+    median also says when its repeats ran.  None without samples."""
+    base, batch = split_batch(name)
+    if base not in BEST_SOURCES:
+        return None
+    series, rate = BEST_SOURCES[base]
+    series += f"_b{batch}" if batch else ""
+    values = samples(entry, series)
+    if not values or min(values) <= 0:
+        return None
+    if not rate:
+        return min(values)
+    value, median_time = metric(entry, name), metric(entry, series)
+    return None if value is None or not median_time else value * median_time / min(values)
+
+
 def metric_names(entries: list[dict]) -> list[str]:
     """Every metric name that occurs in `entries`, canonical ones first, then sorted."""
     seen = {name for e in entries for name in (e.get("metrics") or {})}
