@@ -116,7 +116,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare, default_gates, load_gates
+    from .compare import compare
+    from .gates import default_gates, load_gates
     from .report import load_results
 
     base, cur = load_results(Path(args.baseline)), load_results(Path(args.current))

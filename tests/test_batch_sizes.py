@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from gpteval import worker
-from gpteval.compare import Gates, RatioGate, compare
+from gpteval.compare import compare
+from gpteval.gates import Gates, RatioGate
 from gpteval.report import render_csv, render_markdown
 from gpteval.report import results as R
 from gpteval.report.benchmark import benchmark_entries

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gpteval.compare import compare, load_gates
+from gpteval.compare import compare
+from gpteval.gates import load_gates
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "reports" / "ci-baseline" / "results.json"

@@ -5,8 +5,9 @@ import copy
 import numpy as np
 import pytest
 
-from gpteval.compare import Gates, RatioGate, compare, load_gates
+from gpteval.compare import compare
 from gpteval.errors import UserError
+from gpteval.gates import Gates, RatioGate, load_gates
 from gpteval.report.significance import bootstrap_ratio_ci, mann_whitney_u
 from tests.test_report_fixtures import make_results
 
