@@ -1,0 +1,172 @@
+/* How fast could fused-decode stream weights stored narrower than float32?  A lead for a
+ * weight-only quantized variant, measured in isolation.
+ *
+ * One pass = GPT-2 124M's weights (124 M of them) as column panels of 16 (the kernel's
+ * layout, optimizers/fused_layout.py) times one float32 vector, on OpenMP threads, with the
+ * weights stored as float32, bfloat16 (widened exactly by a 16-bit shift) or int8 (widened
+ * to float, a per-column scale applied to each panel's sums); beside it a plain float32
+ * reduction over the same bytes (the harness's bandwidth probe does the same).  Prints each
+ * pass's best and median time and GB/s of the bytes it read.
+ *
+ *   gcc -O3 -march=native -fopenmp tools/gemv_dtypes.c -o /tmp/gemv_dtypes
+ *   OMP_NUM_THREADS=2 /tmp/gemv_dtypes [repeats]
+ *
+ * The int8 widening uses AVX-512 intrinsics where the compiler targets AVX-512: gcc 12
+ * turns a generic int8 -> float vector conversion into scalar code (8 GB/s here).  Built
+ * for AVX2 (-mavx2 -mfma) the generic conversions stay slow (bf16 24 GB/s, int8 6): a
+ * kernel for AVX2 hosts would need 256-bit intrinsics. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int8_t v16b __attribute__((vector_size(16)));
+typedef uint16_t v16h __attribute__((vector_size(32)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+#define K 768 /* GPT-2's width: rows of a panel */
+#define NB 16 /* columns of a panel */
+
+static float x[K], out[1024 * NB];
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static void *huge_alloc(size_t n) { /* 2 MiB aligned and advised, as the kernel's copy */
+    const size_t hp = (size_t)1 << 21;
+    n = (n + hp - 1) & ~(hp - 1);
+    void *p = aligned_alloc(hp, n);
+    if (!p) { perror("aligned_alloc"); exit(1); }
+    madvise(p, n, MADV_HUGEPAGE);
+    memset(p, 1, n);
+    return p;
+}
+
+static inline v16 widen_bf16(const uint16_t *w) {
+    v16h h;
+    memcpy(&h, w, sizeof h);
+    v16u u = __builtin_convertvector(h, v16u) << 16;
+    v16 f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline v16 widen_i8(const int8_t *w) {
+#ifdef __AVX512F__
+    return (v16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)w)));
+#else
+    v16b b;
+    memcpy(&b, w, sizeof b);
+    return __builtin_convertvector(__builtin_convertvector(b, v16i), v16);
+#endif
+}
+
+static inline v16 load_f32(const float *w) {
+    v16 f;
+    memcpy(&f, w, sizeof f);
+    return f;
+}
+
+/* one pass over P panels; WIDEN(w + i * NB) gives row i's 16 weights as floats */
+#define GEMV_PASS(T, WIDEN, SCALED)                                                       \
+    _Pragma("omp parallel for schedule(static)")                                          \
+    for (int64_t p = 0; p < P; p++) {                                                     \
+        const T *wp = (const T *)w + p * K * NB;                                          \
+        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                       \
+        for (int i = 0; i < K; i += 4) {                                                  \
+            a0 += x[i] * WIDEN(wp + i * NB);                                              \
+            a1 += x[i + 1] * WIDEN(wp + (i + 1) * NB);                                    \
+            a2 += x[i + 2] * WIDEN(wp + (i + 2) * NB);                                    \
+            a3 += x[i + 3] * WIDEN(wp + (i + 3) * NB);                                    \
+        }                                                                                 \
+        v16 s = (a0 + a1) + (a2 + a3);                                                    \
+        if (SCALED) s *= load_f32(scale + p * NB);                                        \
+        memcpy(out + (p % 1024) * NB, &s, sizeof s);                                      \
+    }
+
+static double pass_f32(const void *w, const float *scale, int64_t P) {
+    double t = now();
+    GEMV_PASS(float, load_f32, 0)
+    (void)scale;
+    return now() - t;
+}
+static double pass_bf16(const void *w, const float *scale, int64_t P) {
+    double t = now();
+    GEMV_PASS(uint16_t, widen_bf16, 0)
+    (void)scale;
+    return now() - t;
+}
+static double pass_i8(const void *w, const float *scale, int64_t P) {
+    double t = now();
+    GEMV_PASS(int8_t, widen_i8, 1)
+    return now() - t;
+}
+static double pass_sum(const void *w, const float *scale, int64_t P) {
+    const float *f = w;
+    double t = now();
+    float tot = 0;
+#pragma omp parallel for schedule(static) reduction(+ : tot)
+    for (int64_t p = 0; p < P; p++) {
+        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        const float *q = f + p * K * NB;
+        for (int i = 0; i < K * NB; i += 4 * NB) {
+            a0 += load_f32(q + i);
+            a1 += load_f32(q + i + NB);
+            a2 += load_f32(q + i + 2 * NB);
+            a3 += load_f32(q + i + 3 * NB);
+        }
+        v16 s = (a0 + a1) + (a2 + a3);
+        for (int j = 0; j < NB; j++) tot += s[j];
+    }
+    out[0] = tot;
+    (void)scale;
+    return now() - t;
+}
+
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv) {
+    const int64_t P = 124000000 / (K * NB), n = P * K * NB;
+    int R = argc > 1 ? atoi(argv[1]) : 15;
+    if (R < 1 || R > 1000) R = 15;
+    for (int i = 0; i < K; i++) x[i] = (float)(i % 7) * 0.1f;
+    float *wf = huge_alloc(n * 4), *scale = huge_alloc(P * NB * 4);
+    uint16_t *wh = huge_alloc(n * 2);
+    int8_t *wb = huge_alloc(n);
+    for (int64_t i = 0; i < n; i++) {
+        wf[i] = (float)((i * 2654435761u) % 1000) / 1000.f - 0.5f;
+        uint32_t u;
+        memcpy(&u, &wf[i], 4);
+        wh[i] = (uint16_t)(u >> 16);
+        wb[i] = (int8_t)((i * 40503u) % 255 - 127);
+    }
+    for (int64_t i = 0; i < P * NB; i++) scale[i] = 0.01f;
+    struct { const char *name; double (*run)(const void *, const float *, int64_t);
+             const void *w; double bytes; } kinds[] = {
+        {"sum f32", pass_sum, wf, n * 4.0}, {"gemv f32", pass_f32, wf, n * 4.0},
+        {"gemv bf16", pass_bf16, wh, n * 2.0}, {"gemv int8", pass_i8, wb, n * 1.0}};
+    double *t = malloc(sizeof(double) * 4 * R);
+    for (int r = 0; r < R; r++) /* interleaved, so every kind sees the same host moments */
+        for (int k = 0; k < 4; k++) t[k * R + r] = kinds[k].run(kinds[k].w, scale, P);
+    for (int k = 0; k < 4; k++) {
+        double *tk = t + k * R;
+        qsort(tk, R, sizeof *tk, by_value);
+        printf("%-9s best %6.2f ms (%5.1f GB/s)  median %6.2f ms (%5.1f GB/s)  %4.0f passes/s\n",
+               kinds[k].name, tk[0] * 1e3, kinds[k].bytes / tk[0] / 1e9, tk[R / 2] * 1e3,
+               kinds[k].bytes / tk[R / 2] / 1e9, 1 / tk[R / 2]);
+    }
+    free(t);
+    return 0;
+}
