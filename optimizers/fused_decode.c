@@ -35,15 +35,22 @@
 
 #include "fused_argmax.h" /* Best, first_max, first_max_of */
 #include "fused_math.h"   /* NB, v16, LOAD, vexp, vgelu_tanh */
-#include "fused_gemv.h"   /* gemv_panel_rows, gemv_rows_block_rows, panel_R */
+#include "fused_gemv.h"   /* gemv_panel_rows, gemv_rows_block_rows, panel_f; wt, WLOAD */
 #include "fused_steal.h"  /* Span, items_begin, next_item: work stealing */
 
 #define RB 64 /* hidden units (rows of mlp.c_proj) a thread takes at a time */
 #define HB 8  /* lm_head panels a thread takes at a time */
 
 typedef struct {
-    const float *ln1_w, *ln1_b, *w_qkv, *b_qkv, *w_o, *b_o;
-    const float *ln2_w, *ln2_b, *w_fc, *b_fc, *w_fc2, *b_fc2;
+    const float *ln1_w, *ln1_b;
+    const wt *w_qkv;
+    const float *b_qkv;
+    const wt *w_o;
+    const float *b_o, *ln2_w, *ln2_b;
+    const wt *w_fc;
+    const float *b_fc;
+    const wt *w_fc2;
+    const float *b_fc2;
     float *k_cache, *v_cache; /* the model's cache: (batch, n_head, max_len, hs) */
     float *kt_cache;          /* the keys again, as panels of NB positions:
                                  (batch, n_head, max_len / NB, hs, NB) (below) */
@@ -51,6 +58,8 @@ typedef struct {
                                  may leave layers of different widths */
     int64_t head_stride, unit_stride; /* floats from one work item's weights to the next's
                                  (w_o sits inside a head's item, w_fc2 inside a unit block's) */
+    const float *s_qkv, *s_o, *s_fc, *s_fc2; /* int8 weights: a scale per output column, in
+                                 the order of the biases; NULL for float32 weights */
 } Layer;
 
 typedef struct {
@@ -58,7 +67,8 @@ typedef struct {
     int64_t wte_panels; /* 1: wte points at w_head (tied weights), token t's embedding is
                            column t of the head's panels; 0: wte is a (V, C) table */
     float eps;
-    const float *wte, *wpe, *lnf_w, *lnf_b, *w_head; /* w_head: panels of the (C, V) head */
+    const float *wte, *wpe, *lnf_w, *lnf_b; /* wte: a (V, C) table where not tied */
+    const wt *w_head;                       /* panels of the (C, V) head */
     Layer *layers;
     float *scratch;  /* max_threads * scratch_floats(): per-thread work buffers */
     float *partials; /* gpteval_partials_floats(): a partial output per head / unit block */
@@ -66,6 +76,7 @@ typedef struct {
     int64_t k_mirrored; /* positions [0, k_mirrored) of every kt_cache hold k_cache's keys;
                            the caller sets 0 when a prefill rewrote the cache */
     Best *best;         /* gpteval_head_items() per sequence: each lm_head item's argmax */
+    const float *s_head; /* int8 weights: the head's scale per vocabulary column, else NULL */
 } Model;
 
 typedef float v8 __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
@@ -96,11 +107,12 @@ static void layer_norm(const float *x, const float *w, const float *b, int64_t n
     for (int64_t i = 0; i < n; i++) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
 }
 
-/* GPT-2's gelu (tanh form, fused_math.h) over h[0..n) after adding the bias; n: a
- * multiple of NB. */
-static void gelu_tanh_block(float *h, const float *bias, int64_t n) {
+/* GPT-2's gelu (tanh form, fused_math.h) over h[0..n) after the scale (int8 weights,
+ * else NULL) and the bias; n: a multiple of NB. */
+static void gelu_tanh_block(float *h, const float *scale, const float *bias, int64_t n) {
     for (int64_t j = 0; j < n; j += NB) {
-        v16 g = vgelu_tanh(LOAD(h + j) + LOAD(bias + j));
+        v16 y = scale ? LOAD(h + j) * LOAD(scale + j) : LOAD(h + j);
+        v16 g = vgelu_tanh(y + LOAD(bias + j));
         memcpy(h + j, &g, sizeof g);
     }
 }
@@ -172,14 +184,14 @@ int64_t gpteval_partials_floats(const Model *m) {
  * took 5.3 us a reduce; this 3.3, on gpt2 at 2 threads).  Every element still gets
  * x + part 0 + part 1 + ... + bias, in that order: the same bits. */
 static void reduce_partials(const Model *m, const float *part, int64_t items,
-                            const float *bias, float *x) {
+                            const float *scale, const float *bias, float *x) {
     const int64_t BC = m->batch * m->C;
     for (int64_t b = 0; b < m->batch; b++) {
         float *xb = x + b * m->C;
         for (int64_t u = 0; u < items; u++) {
             const float *p = part + u * BC + b * m->C;
-            for (int64_t c = 0; c < m->C; c += NB) {
-                v16 acc = LOAD(xb + c) + LOAD(p + c);
+            for (int64_t c = 0; c < m->C; c += NB) { /* int8: each partial scaled */
+                v16 acc = LOAD(xb + c) + (scale ? LOAD(p + c) * LOAD(scale + c) : LOAD(p + c));
                 memcpy(xb + c, &acc, sizeof acc);
             }
         }
@@ -202,7 +214,7 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
         float *part = parts + h * m->batch * C;
         const int64_t QS = 3 * hp * NB; /* one sequence's q, k, v */
         for (int64_t s = 0; s < 3; s++) { /* q, k, v of head h, every sequence at once */
-            const float *w = L->w_qkv + h * L->head_stride + s * hp * C * NB;
+            const wt *w = L->w_qkv + h * L->head_stride + s * hp * C * NB;
             for (int64_t p = 0; p < hp; p++)
                 gemv_panel_rows(xn, C, m->batch, w + p * C * NB, C, qkv + s * hp * NB + p * NB,
                                 QS);
@@ -210,8 +222,11 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
         for (int64_t b = 0; b < m->batch; b++) {
             float *qb = qkv + b * QS;
             for (int64_t s = 0; s < 3; s++)
-                for (int64_t j = 0; j < hs; j++)
-                    qb[s * hp * NB + j] += L->b_qkv[s * width + h * hs + j];
+                for (int64_t j = 0; j < hs; j++) {
+                    const int64_t col = s * width + h * hs + j;
+                    if (L->s_qkv) qb[s * hp * NB + j] *= L->s_qkv[col];
+                    qb[s * hp * NB + j] += L->b_qkv[col];
+                }
             const float *q = qb;
             int64_t base = ((b * nh + h) * m->max_len) * hs;
             float *kc = L->k_cache + base, *vc = L->v_cache + base;
@@ -226,7 +241,7 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
              * horizontal sum a position.  (Dot products of the cache's rows: the attention
              * math ~25 % longer on one core, a gpt2 step 0.5 %: 2 x 40 paired A/B runs.) */
             for (int64_t p = 0; p <= pos; p += NB) {
-                panel_R(q, 0, 1, kt + (p / NB) * hs * NB, hs, scores + p, 0);
+                panel_f(q, kt + (p / NB) * hs * NB, hs, scores + p);
                 v16 s = LOAD(scores + p) * scale;
                 memcpy(scores + p, &s, sizeof s);
             }
@@ -251,7 +266,8 @@ static void mlp_phase(const Model *m, const Layer *L, int t, int nt, const float
                             hblock + s * NB, RB);
         /* padded hidden units have zero weights, bias and second-projection rows */
         for (int64_t b = 0; b < m->batch; b++)
-            gelu_tanh_block(hblock + b * RB, L->b_fc + u * RB, RB);
+            gelu_tanh_block(hblock + b * RB, L->s_fc ? L->s_fc + u * RB : NULL,
+                            L->b_fc + u * RB, RB);
         gemv_rows_block_rows(hblock, RB, m->batch, L->w_fc2 + u * L->unit_stride, RB, C, part, C);
     }
 }
@@ -275,7 +291,9 @@ static void head_phase(const Model *m, int t, int nt, const float *xn, int64_t r
                 gemv_panel_rows(xn + b0 * C, C, n, m->w_head + p * C * NB, C, hpanel, NB);
                 for (int64_t b = 0; b < n; b++)
                     for (int64_t j = 0; j < NB && p * NB + j < V; j++)
-                        logits[(b0 + b) * V + p * NB + j] = hpanel[b * NB + j];
+                        logits[(b0 + b) * V + p * NB + j] =
+                            m->s_head ? hpanel[b * NB + j] * m->s_head[p * NB + j]
+                                      : hpanel[b * NB + j];
             }
         const int64_t lo = blk * HB * NB, n = (V - lo < HB * NB ? V - lo : HB * NB);
         for (int64_t b = 0; best && b < rows; b++)
@@ -319,10 +337,17 @@ int gpteval_decode_step(Model *m, const int64_t *tokens, int64_t *pos_p,
         float *hpanel = scores + panels(m->max_len) * NB;
         for (int64_t b = 0; b < B; b++) {
             /* a column of the panels is C floats NB apart (one line each): ~1 us a token */
-            const int64_t t = tokens[b], step = m->wte_panels ? NB : 1;
-            const float *e = m->wte + (m->wte_panels ? (t / NB) * C * NB + t % NB : t * C);
-            for (int64_t c = 0; c < C; c++)
-                x[b * C + c] = e[c * step] + m->wpe[pos * C + c];
+            const int64_t t = tokens[b];
+            if (m->wte_panels) { /* the tied head's column t (times its scale, int8) */
+                const wt *e = m->w_head + (t / NB) * C * NB + t % NB;
+                const float sc = m->s_head ? m->s_head[t] : 1.f;
+                for (int64_t c = 0; c < C; c++)
+                    x[b * C + c] = (m->s_head ? (float)e[c * NB] * sc : (float)e[c * NB])
+                                   + m->wpe[pos * C + c];
+            } else {
+                const float *e = m->wte + t * C;
+                for (int64_t c = 0; c < C; c++) x[b * C + c] = e[c] + m->wpe[pos * C + c];
+            }
         }
         int phase = 0;
         for (int64_t l = 0; l < m->n_layer; l++) {
@@ -336,7 +361,7 @@ int gpteval_decode_step(Model *m, const int64_t *tokens, int64_t *pos_p,
                 else mlp_phase(m, L, t, nt, xn, hpanel, parts);
 #pragma omp barrier
                 reduce_partials(m, parts, pass ? L->H / RB : L->n_head,
-                                pass ? L->b_fc2 : L->b_o, x);
+                                pass ? L->s_fc2 : L->s_o, pass ? L->b_fc2 : L->b_o, x);
             }
         }
         for (int64_t b = 0; b < B; b++)

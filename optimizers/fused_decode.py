@@ -24,22 +24,18 @@ other copy of them: the variant holds its weights once (gpt2: 475 MiB with its c
 so fidelity and perplexity measure it.  The weight copy is laid out for the kernel
 (fused_layout.py: panels of 16 columns for column-wise reads, zero-padded).
 
-The C source ships with the package and is compiled at the first use with the host's C
-compiler (`-O3 -march=native -fopenmp`), cached under ~/.cache/gpteval/kernels by the
-hash of source, compiler and flags.  It links the same OpenMP runtime torch loaded
-(libgomp.so.1), so it shares torch's thread pool and thread count.
+`fused-decode:int8` is the same kernel built for int8 weights (fused_weights.h): each
+matrix column quantized on its own with a float scale (fused_layout.py), activations,
+norms, attention and the KV cache in float32, so a step reads ~4x fewer weight bytes.
+Prefill, the tied embedding and the teacher-forced forward read the same int8 copy.
+
+The C sources ship with the package and are compiled at first use (fused_build.py).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
 import sys
-import threading
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -55,85 +51,8 @@ from .base import (
     PassSkipped,
     require_torch_engine,
 )
+from .fused_build import build, compiler
 from .fused_layout import NB, RB, WeightArena, head_in_out
-
-SOURCE = Path(__file__).with_name("fused_decode.c")
-PREFILL_SOURCE = Path(__file__).with_name("fused_prefill.c")
-MATH_HEADER = Path(__file__).with_name("fused_math.h")  # included by both sources
-HEADERS = [MATH_HEADER, *(Path(__file__).with_name(f"fused_{h}.h")
-                          for h in ("argmax", "gemv", "steal"))]
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
-_lib_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-
-
-def compiler() -> str | None:
-    """The C compiler the kernel is built with: $CC, else cc or gcc on PATH."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    return cc if cc and shutil.which(cc) else None
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("GPTEVAL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gpteval")
-    return Path(base) / "kernels"
-
-
-def build() -> ctypes.CDLL:
-    """The compiled kernel library (built once per source, compiler and flags)."""
-    global _lib
-    with _lib_lock:
-        if _lib is not None:
-            return _lib
-        cc = compiler()
-        if cc is None:
-            raise PassError("fused-decode needs a C compiler to build its kernel; install gcc "
-                            "or set CC")
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
-                                 check=False).stdout
-        sources = [SOURCE, PREFILL_SOURCE]
-        key = hashlib.sha256(b"".join(s.read_bytes() for s in [*sources, *HEADERS])
-                             + version.encode()
-                             + " ".join(CFLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
-        out = cache_dir() / f"fused_decode-{key}.so"
-        if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(f".{os.getpid()}.tmp")
-            proc = subprocess.run([cc, *CFLAGS, f"-I{MATH_HEADER.parent}", *map(str, sources),
-                                   "-o", str(tmp), "-lm"],
-                                  capture_output=True, text=True, check=False)
-            if proc.returncode != 0:  # e.g. a compiler without OpenMP: this host cannot run it
-                last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-                raise PassSkipped(f"its kernel did not build with {cc} ({last[:200]})")
-            os.replace(tmp, out)  # atomic: a concurrent build never loads half a file
-        lib = ctypes.CDLL(str(out))
-        lib.gpteval_decode_step.restype = ctypes.c_int
-        lib.gpteval_decode_step.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int]
-        lib.gpteval_head.restype = ctypes.c_int
-        lib.gpteval_head.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_void_p,
-                                                             ctypes.c_int]
-        lib.gpteval_scratch_floats.restype = ctypes.c_int64
-        lib.gpteval_scratch_floats.argtypes = [ctypes.c_void_p]
-        lib.gpteval_partials_floats.restype = ctypes.c_int64
-        lib.gpteval_partials_floats.argtypes = [ctypes.c_void_p]
-        lib.gpteval_head_items.restype = ctypes.c_int64
-        lib.gpteval_head_items.argtypes = [ctypes.c_void_p]
-        fused_prefill.declare(lib)
-        _lib = lib
-        return lib
-
-
-def _cpu_id() -> str:
-    """-march=native code runs on the CPU it was built for: the cache key names it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 _P = ctypes.c_void_p
@@ -144,7 +63,8 @@ class _Layer(ctypes.Structure):
                                    "ln2_b", "w_fc", "b_fc", "w_fc2", "b_fc2", "k_cache",
                                    "v_cache", "kt_cache")]
                 + [(n, ctypes.c_int64) for n in ("n_head", "H", "head_stride",
-                                                 "unit_stride")])
+                                                 "unit_stride")]
+                + [(n, _P) for n in ("s_qkv", "s_o", "s_fc", "s_fc2")])
 
 
 class _Model(ctypes.Structure):
@@ -153,17 +73,17 @@ class _Model(ctypes.Structure):
                 + [("eps", ctypes.c_float)]
                 + [(n, _P) for n in ("wte", "wpe", "lnf_w", "lnf_b", "w_head", "layers",
                                      "scratch", "partials", "spans")]
-                + [("k_mirrored", ctypes.c_int64), ("best", _P)])
+                + [("k_mirrored", ctypes.c_int64), ("best", _P), ("s_head", _P)])
 
 
 class FusedDecoder:
     """Callable decode step `(token (B, 1), pos (1,)) -> logits (B, V)` over a model's KV
     cache, running fused_decode.c."""
 
-    def __init__(self, model: GPT) -> None:
-        self.lib = build()
+    def __init__(self, model: GPT, int8: bool = False) -> None:
+        self.lib = build(int8)
         self.model = model
-        self.arena = WeightArena(model)
+        self.arena = WeightArena(model, int8=int8)
         self._shape: tuple | None = None
         self._threads: int | None = None  # set by _setup; None: check the cache first
 
@@ -182,8 +102,8 @@ class FusedDecoder:
                     for i in range(len(blocks))]
         for i, block in enumerate(blocks):
             for f in ("ln1_w", "ln1_b", "w_qkv", "b_qkv", "w_o", "b_o", "ln2_w", "ln2_b",
-                      "w_fc", "b_fc", "w_fc2", "b_fc2"):
-                setattr(layers[i], f, a.ptr[f"{i}.{f}"])
+                      "w_fc", "b_fc", "w_fc2", "b_fc2", "s_qkv", "s_o", "s_fc", "s_fc2"):
+                setattr(layers[i], f, a.ptr.get(f"{i}.{f}"))  # scales: int8 weights only
             cache = block.attn.kv_cache
             if not (cache.k.is_contiguous() and cache.k.dtype == torch.float32):
                 raise RuntimeError("fused-decode needs a contiguous float32 KV cache")
@@ -197,7 +117,7 @@ class FusedDecoder:
                    max_threads=threads, wte_panels=int(tied), eps=cfg.layer_norm_eps,
                    wte=a.ptr["w_head"] if tied else m.transformer.wte.weight.data_ptr(),
                    wpe=m.transformer.wpe.weight.data_ptr(), lnf_w=a.ptr["lnf_w"],
-                   lnf_b=a.ptr["lnf_b"], w_head=a.ptr["w_head"],
+                   lnf_b=a.ptr["lnf_b"], w_head=a.ptr["w_head"], s_head=a.ptr.get("s_head"),
                    layers=ctypes.cast(layers, _P))
         per_thread = self.lib.gpteval_scratch_floats(ctypes.byref(s))
         self._scratch = torch.zeros(threads * per_thread, dtype=torch.float32)
@@ -295,10 +215,10 @@ class FusedDecodeEngine(TorchEngine):
 
     backend = "fused"
 
-    def __init__(self, te: TorchEngine) -> None:
+    def __init__(self, te: TorchEngine, int8: bool = False) -> None:
         super().__init__(te.model, te.device)
         self.notes = te.notes
-        self.decoder = FusedDecoder(te.model)
+        self.decoder = FusedDecoder(te.model, int8)
         self.decode_fn = self.decoder
         # the arena holds these weights now and the model keeps no copy of its own: the
         # lm_head, the block projections, and the token table where the head is tied to it
@@ -346,22 +266,33 @@ class FusedDecodeEngine(TorchEngine):
 
     def decode_nbytes(self) -> int:
         # what eager's count says a step reads: the model itself holds only the norms, the
-        # gathered tables and the KV cache now; the kernel also reads its float32 (V, C)
-        # head whole and the block projections the model gave up to it
-        cfg = self.model.config
-        return (super().decode_nbytes() + cfg.vocab_size * cfg.n_embd * 4
-                + self._projection_nbytes)
+        # gathered tables and the KV cache now; the kernel also reads its (V, C) head whole
+        # and the block projections the model gave up to it (a byte a weight for int8)
+        cfg, a = self.model.config, self.decoder.arena
+        return (super().decode_nbytes() + cfg.vocab_size * cfg.n_embd * a.esize
+                + self._projection_nbytes * a.esize // 4)
 
 
 class FusedDecode(Pass):
     name = "fused-decode"
-    summary = "the float32 decode step as one C kernel in one parallel region (CPU)"
+    summary = ("the decode step as one C kernel in one parallel region (CPU); ':int8' "
+               "stores the weights as int8 with a scale per column")
+    param = "the weights' storage: float32 (lossless) or int8 (a scale per output column)"
+    default = "float32"
     produces = "fused"
     float_weights_only = True
     float_weights_fix = ("fused-decode runs float32 weights: leave the quantizer out (for a "
                          "quantized CPU variant see 'onnx+ort-int8')")
     tolerance = 1e-4  # same math, another summation order
     devices = ("cpu",)
+
+    def parse(self, arg: str | None) -> None:
+        if arg not in ("float32", "int8"):
+            raise PassError(f"'{self.name}:{arg}': choose the weights' storage, "
+                            f"'{self.name}' (float32) or '{self.name}:int8'")
+        self.int8 = arg == "int8"
+        if self.int8:  # quantized: no parity with eager promised, the quality metrics judge it
+            self.tolerance = None
 
     def available(self, device: str) -> str | None:
         reason = super().available(device)  # the device first: it runs on the CPU only
@@ -379,11 +310,13 @@ class FusedDecode(Pass):
         if te.dtype != torch.float32:
             raise PassError(f"fused-decode runs float32 models; this one is {te.dtype}: leave "
                             "out the dtype pass")
-        fused = FusedDecodeEngine(te)
-        fused.notes.append(f"fused-decode: decode step in fused_decode.c (one OpenMP region, "
+        fused = FusedDecodeEngine(te, self.int8)
+        kind = ("int8, a float32 scale per output column" if self.int8 else "float32")
+        fused.notes.append(f"{self.spec}: decode step in fused_decode.c (one OpenMP region, "
                            f"{len(te.model.transformer.h) * 2 + 1} phases a step), its own "
                            f"weight copy {fused.decoder.arena.nbytes / 2**20:.0f} MB "
-                           "in panels, the only one held: prefill's projections and lm_head "
+                           f"({kind}) in panels, the only one held: prefill's projections, "
+                           "lm_head and tied embedding "
                            "read it too (fused_prefill.c); the cache's keys mirrored in "
                            "panels of 16 positions (its K cache's size again); teacher-forced "
                            "forward (fidelity, perplexity) token by token through the kernel")

@@ -6,35 +6,48 @@
 #include <string.h>
 
 #include "fused_math.h"
+#include "fused_weights.h" /* wt, WLOAD: the weight copy's element type */
 
 /* Several sequences (a batch) through the same weights: R rows of x (R <= 4, ldx floats
  * apart) against one panel, the panel's lines loaded once for all of them.  Each row gets
  * the same four accumulators in the same order, so a sequence's logits are the same bits
  * at any batch size.  R is a constant after inlining (ROWS_DISPATCH), so a[][] stays in
- * registers (16 of them at R = 4). */
-static inline __attribute__((always_inline)) void panel_dots(const float *x, int64_t ldx, int R,
-                                                             const float *w, int64_t K,
-                                                             v16 a[4][4]) {
-    for (int r = 0; r < R; r++) a[r][0] = a[r][1] = a[r][2] = a[r][3] = (v16){0};
-    int64_t i = 0;
-    for (; i + 4 <= K; i += 4) {
-        v16 w0 = LOAD(w + i * NB), w1 = LOAD(w + (i + 1) * NB);
-        v16 w2 = LOAD(w + (i + 2) * NB), w3 = LOAD(w + (i + 3) * NB);
-        for (int r = 0; r < R; r++) {
-            const float *xr = x + r * ldx;
-            a[r][0] += xr[i] * w0;
-            a[r][1] += xr[i + 1] * w1;
-            a[r][2] += xr[i + 2] * w2;
-            a[r][3] += xr[i + 3] * w3;
-        }
+ * registers (16 of them at R = 4).  Two copies: panel_dots over weights (wt, WLOAD) and
+ * panel_dots_f over float panels (the attention's keys, whatever the weights are). */
+#define DEFINE_PANEL_DOTS(NAME, T, LD)                                                      \
+    static inline __attribute__((always_inline)) void NAME(const float *x, int64_t ldx,     \
+                                                           int R, const T *w, int64_t K,    \
+                                                           v16 a[4][4]) {                   \
+        for (int r = 0; r < R; r++) a[r][0] = a[r][1] = a[r][2] = a[r][3] = (v16){0};      \
+        int64_t i = 0;                                                                      \
+        for (; i + 4 <= K; i += 4) {                                                        \
+            v16 w0 = LD(w + i * NB), w1 = LD(w + (i + 1) * NB);                             \
+            v16 w2 = LD(w + (i + 2) * NB), w3 = LD(w + (i + 3) * NB);                       \
+            for (int r = 0; r < R; r++) {                                                   \
+                const float *xr = x + r * ldx;                                              \
+                a[r][0] += xr[i] * w0;                                                      \
+                a[r][1] += xr[i + 1] * w1;                                                  \
+                a[r][2] += xr[i + 2] * w2;                                                  \
+                a[r][3] += xr[i + 3] * w3;                                                  \
+            }                                                                               \
+        }                                                                                   \
+        for (; i < K; i++)                                                                  \
+            for (int r = 0; r < R; r++) a[r][0] += x[r * ldx + i] * LD(w + i * NB);        \
     }
-    for (; i < K; i++)
-        for (int r = 0; r < R; r++) a[r][0] += x[r * ldx + i] * LOAD(w + i * NB);
+DEFINE_PANEL_DOTS(panel_dots, wt, WLOAD)
+DEFINE_PANEL_DOTS(panel_dots_f, float, LOAD)
+
+/* out[0..NB) = x[0..K) @ a float panel (K rows of NB): the attention's 16 scores */
+static inline void panel_f(const float *x, const float *w, int64_t K, float *out) {
+    v16 a[4][4];
+    panel_dots_f(x, 0, 1, w, K, a);
+    v16 s = (a[0][0] + a[0][1]) + (a[0][2] + a[0][3]);
+    memcpy(out, &s, sizeof s);
 }
 
 /* out + r * ldo = (x + r * ldx) @ panel (K rows of NB floats), for R rows */
 static inline __attribute__((always_inline)) void panel_R(const float *x, int64_t ldx, int R,
-                                                          const float *w, int64_t K, float *out,
+                                                          const wt *w, int64_t K, float *out,
                                                           int64_t ldo) {
     v16 a[4][4];
     panel_dots(x, ldx, R, w, K, a);
@@ -50,7 +63,7 @@ static inline __attribute__((always_inline)) void panel_R(const float *x, int64_
  * store of the partial per weight read; blocks of 16 rows at 20-22 GB/s; of 64 rows, as
  * fast as a panel: 24-25 GB/s on one Zen 4 core.) */
 static inline __attribute__((always_inline)) void rows_block_R(const float *h, int64_t ldh, int R,
-                                                               const float *blk, int64_t rows,
+                                                               const wt *blk, int64_t rows,
                                                                int64_t C, float *part,
                                                                int64_t ldp) {
     for (int64_t cp = 0; cp < C / NB; cp++) {
@@ -75,7 +88,7 @@ static inline __attribute__((always_inline)) void rows_block_R(const float *h, i
     }
 
 /* out + b * ldo = (x + b * ldx) @ panel for b < n */
-static void gemv_panel_rows(const float *x, int64_t ldx, int64_t n, const float *w, int64_t K,
+static void gemv_panel_rows(const float *x, int64_t ldx, int64_t n, const wt *w, int64_t K,
                             float *out, int64_t ldo) {
 #define PANEL_CALL(R) panel_R(x + r0 * ldx, ldx, R, w, K, out + r0 * ldo, ldo)
     ROWS_DISPATCH(n, PANEL_CALL)
@@ -83,7 +96,7 @@ static void gemv_panel_rows(const float *x, int64_t ldx, int64_t n, const float 
 }
 
 /* part + b * ldp = (h + b * ldh) @ a row block for b < n */
-static void gemv_rows_block_rows(const float *h, int64_t ldh, int64_t n, const float *blk,
+static void gemv_rows_block_rows(const float *h, int64_t ldh, int64_t n, const wt *blk,
                                  int64_t rows, int64_t C, float *part, int64_t ldp) {
 #define ROWS_CALL(R) rows_block_R(h + r0 * ldh, ldh, R, blk, rows, C, part + r0 * ldp, ldp)
     ROWS_DISPATCH(n, ROWS_CALL)

@@ -7,6 +7,11 @@ blocks of rows stored [C/NB][rows][NB]; a work item's pieces sit side by side (a
 q, k, v panels, then its c_proj rows; a block of RB hidden units' c_fc panels, then its
 c_proj rows), so a thread's share of a phase is one stream read front to back.  All of it
 is one huge-page allocation, each piece 64-byte aligned.
+
+With `int8=True` (`fused-decode:int8`) the five matrices are stored as int8 in the same
+layout, each column quantized symmetrically on its own (scale = max |w| / 127, the
+weight rounded to the nearest step), the scales kept beside the biases in the model's
+column order; norms, biases and scales stay float32.
 """
 
 from __future__ import annotations
@@ -45,6 +50,15 @@ def _row_blocks(w_in_out: torch.Tensor, rows: int) -> torch.Tensor:
     return w_in_out.reshape(nb, rows, c // NB, NB).permute(0, 2, 1, 3)
 
 
+def quantize_cols(w_in_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, N) float32 -> int8 (K, N) and a float32 scale per column: w ~ q * scale.  An
+    all-zero column (padding) gets scale 1 and zeros."""
+    amax = w_in_out.abs().amax(dim=0)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    q = torch.round(w_in_out / scale).clamp_(-127, 127).to(torch.int8)
+    return q, scale.to(torch.float32)
+
+
 def _dense(w: torch.Tensor, what: str) -> torch.Tensor:
     if type(w) not in (torch.Tensor, nn.Parameter) or w.dtype != torch.float32 \
             or w.layout != torch.strided or w.device.type != "cpu":
@@ -68,7 +82,18 @@ class WeightArena:
     """The kernel's copy of a model's weights, one allocation in the order a step reads
     them (each piece 64-byte aligned), and the pointers to each piece."""
 
-    def __init__(self, model: GPT) -> None:
+    def __init__(self, model: GPT, int8: bool = False) -> None:
+        self.dtype = torch.int8 if int8 else torch.float32
+        self.esize = 1 if int8 else 4  # bytes a weight
+
+        def stored(w: torch.Tensor, name: str) -> torch.Tensor:
+            """w (in, out) as the arena holds it; an int8 copy adds its scales as `name`"""
+            if not int8:
+                return w
+            q, scale = quantize_cols(w)
+            pieces.append((name, scale))
+            return q
+
         pieces: list[tuple[str, torch.Tensor]] = []
         self.layer_dims: list[tuple[int, int]] = []  # (heads, padded MLP width) per layer
         self.strides: list[tuple[int, int]] = []  # (head_stride, unit_stride) floats
@@ -93,19 +118,23 @@ class WeightArena:
                                 f"has {self.hs} and {hs}: use compile:max-autotune instead")
             self.hs = hs
             hp = -(-hs // NB)
+            w_qkv = stored(w_qkv, f"{i}.s_qkv")
             # (C, 3, nh, hs) -> (nh, 3, panels, C, NB): a head's q, k, v panels together
             qkv = _pad_cols(w_qkv.reshape(c, 3, nh, hs), hp * NB)
             qkv = qkv.reshape(c, 3, nh, hp, NB).permute(2, 1, 3, 0, 4)
             w_fc = _dense(mlp.c_fc.weight, "c_fc")
             hidden = -(-w_fc.shape[1] // RB) * RB  # padded: the kernel takes RB units at a time
             w_fc, b_fc = _pad_cols(w_fc, hidden), _pad_cols(mlp.c_fc.bias.detach(), hidden)
+            w_fc = stored(w_fc, f"{i}.s_fc")
             self.layer_dims.append((nh, hidden))
             # per work item, flat: a head's q, k, v panels and its c_proj rows; a block of
             # RB hidden units' c_fc panels and its c_proj rows
             qkv = qkv.reshape(nh, -1)
-            w_o = _row_blocks(_dense(attn.c_proj.weight, "attn.c_proj"), hs).reshape(nh, -1)
+            w_o = stored(_dense(attn.c_proj.weight, "attn.c_proj"), f"{i}.s_o")
+            w_o = _row_blocks(w_o, hs).reshape(nh, -1)
             fc = _panels(w_fc).reshape(hidden // RB, -1)
-            fc2 = _row_blocks(_dense(mlp.c_proj.weight, "mlp.c_proj"), RB).reshape(hidden // RB, -1)
+            fc2 = stored(_dense(mlp.c_proj.weight, "mlp.c_proj"), f"{i}.s_fc2")
+            fc2 = _row_blocks(fc2, RB).reshape(hidden // RB, -1)
             # each item's pieces side by side, so a thread's share of a phase is one stream
             # (the kernel's header has the measurement); the kernel steps by these strides
             self.strides.append((qkv.shape[1] + w_o.shape[1], fc.shape[1] + fc2.shape[1]))
@@ -120,25 +149,29 @@ class WeightArena:
                        (f"{i}.b_fc", b_fc), (f"{i}.mlp", torch.cat([fc, fc2], 1)),
                        (f"{i}.b_fc2", mlp.c_proj.bias)]
         ln_f = model.transformer.ln_f
-        head = _panels(head_in_out(model))  # (V/NB, C, NB)
+        head = _panels(stored(head_in_out(model), "s_head"))  # (V/NB, C, NB)
         pieces += [("lnf_w", ln_f.weight), ("lnf_b", ln_f.bias), ("w_head", head)]
-        align = 16  # floats: 64 bytes
-        offsets, total = {}, 0
+        align = 64  # bytes
+        offsets, total = {}, 0  # in bytes
         for name, t in pieces:
             offsets[name] = total
-            total += -(-t.numel() // align) * align
+            total += -(-t.numel() * t.element_size() // align) * align
         # huge pages: a step streams all of it, and on 4 KiB pages the TLB misses cost
         # ~11 % of the step's bandwidth (gpteval/hugepages.py has the measurement)
-        self.buffer = huge_page_empty(total)
+        self.buffer = huge_page_empty(total, dtype=torch.uint8)
+        views = {}
         for name, t in pieces:
-            self.buffer[offsets[name]:offsets[name] + t.numel()].view(t.shape).copy_(t)
+            at = offsets[name]
+            views[name] = self.buffer[at:at + t.numel() * t.element_size()].view(t.dtype)
+            views[name].view(t.shape).copy_(t)
         base = self.buffer.data_ptr()
-        self.ptr = {name: base + 4 * off for name, off in offsets.items()}
-        at = offsets["w_head"]  # the head's panels: an embedding can read them too
-        self.head_panels = self.buffer[at:at + head.numel()].view(head.shape)
+        self.ptr = {name: base + off for name, off in offsets.items()}
+        # the head's panels (and scales): an embedding can read them too
+        self.head_panels = views["w_head"].view(head.shape)
+        self.head_scale = views.get("s_head")
         for name, (piece, off) in inside.items():
-            self.ptr[name] = self.ptr[piece] + 4 * off
+            self.ptr[name] = self.ptr[piece] + self.esize * off
 
     @property
     def nbytes(self) -> int:
-        return self.buffer.numel() * 4
+        return self.buffer.numel()

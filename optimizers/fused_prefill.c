@@ -21,7 +21,8 @@
 #include <string.h>
 #include <omp.h>
 
-#include "fused_math.h" /* NB, v16, LOAD, vgelu_tanh: the decode step's own gelu */
+#include "fused_math.h"    /* NB, v16, LOAD, vgelu_tanh: the decode step's own gelu */
+#include "fused_weights.h" /* wt, WLOAD: the weight copy's element type */
 
 #define R 8  /* rows a tile */
 #define NP 3 /* output panels a tile (a panel count that is not a multiple: the rest one by one) */
@@ -29,8 +30,9 @@
 /* Where one output panel's weights (segments w, each at + woff), bias and output columns
  * are: the only thing the two GEMMs below do differently. */
 typedef struct {
-    const float *const *w; /* the panel's weight segments */
+    const wt *const *w; /* the panel's weight segments */
     int64_t woff;
+    const float *scale; /* int8 weights: the panel's columns' scales (else NULL) */
     const float *bias;
     float *out;
 } PanelAt;
@@ -44,7 +46,7 @@ typedef struct {
 #define TILE_STEPS(NPT, ROWS)                                                              \
     for (int64_t k = 0; k < klen; k++) {                                                   \
         v16 wk[NPT];                                                                       \
-        for (int j = 0; j < NPT; j++) wk[j] = LOAD(ws[j] + k * NB);                        \
+        for (int j = 0; j < NPT; j++) wk[j] = WLOAD(ws[j] + k * NB);                       \
         for (int r = 0; r < (ROWS); r++) {                                                 \
             float xr = xs[r * ldx + k];                                                    \
             for (int j = 0; j < NPT; j++) acc[j][r] += xr * wk[j];                         \
@@ -54,13 +56,14 @@ typedef struct {
     static inline void NAME(const float *x, int64_t ldx, int nr, const PanelAt *at,        \
                             int64_t klen, int64_t nseg, int64_t ldo, int gelu) {           \
         v16 acc[NPT][R];                                                                   \
-        for (int j = 0; j < NPT; j++) {                                                    \
+        for (int j = 0; j < NPT; j++) { /* the bias first, or after the scale (int8) */    \
             v16 b = {0};                                                                   \
-            if (at[j].bias) memcpy(&b, at[j].bias, sizeof b);                              \
+            if (at[j].bias && !at[j].scale) memcpy(&b, at[j].bias, sizeof b);              \
             for (int r = 0; r < R; r++) acc[j][r] = b;                                     \
         }                                                                                  \
         for (int64_t s = 0; s < nseg; s++) {                                               \
-            const float *ws[NPT], *xs = x + s * klen;                                      \
+            const wt *ws[NPT];                                                             \
+            const float *xs = x + s * klen;                                                \
             for (int j = 0; j < NPT; j++) ws[j] = at[j].w[s] + at[j].woff;                 \
             /* R, a constant, lets the compiler keep acc in registers; nr, the rows left */ \
             if (nr == R) TILE_STEPS(NPT, R)                                                \
@@ -68,7 +71,12 @@ typedef struct {
         }                                                                                  \
         for (int j = 0; j < NPT; j++)                                                      \
             for (int r = 0; r < nr; r++) {                                                 \
-                v16 v = gelu ? vgelu_tanh(acc[j][r]) : acc[j][r];                          \
+                v16 v = acc[j][r];                                                         \
+                if (at[j].scale) {                                                         \
+                    v *= LOAD(at[j].scale);                                                \
+                    if (at[j].bias) v += LOAD(at[j].bias);                                 \
+                }                                                                          \
+                if (gelu) v = vgelu_tanh(v);                                               \
                 memcpy(at[j].out + r * ldo, &v, sizeof v);                                 \
             }                                                                              \
     }
@@ -86,7 +94,7 @@ static inline void tiles(const float *x, int64_t ldx, int nr, const PanelAt *at,
 /* Prefetch into L2 the part `part` of `parts` of n floats at p: the next group's weights,
  * spread over the current one's row blocks (a panel's first tile would otherwise wait on
  * memory: the hardware prefetcher runs only a few lines ahead of so slow a stream). */
-static inline void prefetch_part(const float *p, int64_t n, int64_t part, int64_t parts) {
+static inline void prefetch_part(const wt *p, int64_t n, int64_t part, int64_t parts) {
     int64_t lo = n * part / parts, hi = n * (part + 1) / parts;
     for (int64_t i = lo - lo % NB; i < hi; i += NB) __builtin_prefetch(p + i, 0, 2);
 }
@@ -96,9 +104,9 @@ static inline void prefetch_part(const float *p, int64_t n, int64_t part, int64_
  * x (T, K) contiguous, out (T, ldo); act: gelu where `gelu`, else none.  col maps the
  * copy's panel order (a head's q, k, v together) back to the model's column order.
  * Returns 0, -1 on a bad argument. */
-int gpteval_gemm_panels(const float *x, int64_t T, int64_t K, const float *const *w,
-                        const int64_t *col, int64_t n_panels, const float *bias, float *out,
-                        int64_t ldo, int gelu, int nthreads) {
+int gpteval_gemm_panels(const float *x, int64_t T, int64_t K, const wt *const *w,
+                        const int64_t *col, int64_t n_panels, const float *scale,
+                        const float *bias, float *out, int64_t ldo, int gelu, int nthreads) {
     if (T < 0 || K < 1 || n_panels < 0 || nthreads < 1) return -1;
     const int64_t row_blocks = (T + R - 1) / R, groups = (n_panels + NP - 1) / NP;
 #pragma omp parallel for num_threads(nthreads) schedule(static)
@@ -111,8 +119,8 @@ int gpteval_gemm_panels(const float *x, int64_t T, int64_t K, const float *const
             PanelAt at[NP];
             for (int j = 0; j < n; j++) {
                 const int64_t p = g * NP + j;
-                at[j] = (PanelAt){&w[p], 0, bias ? bias + col[p] : 0,
-                                  out + rb * R * ldo + col[p]};
+                at[j] = (PanelAt){&w[p], 0, scale ? scale + col[p] : 0,
+                                  bias ? bias + col[p] : 0, out + rb * R * ldo + col[p]};
             }
             tiles(x + rb * R * K, K, nr, at, n, K, 1, ldo, gelu);
         }
@@ -123,9 +131,9 @@ int gpteval_gemm_panels(const float *x, int64_t T, int64_t K, const float *const
  * C/NB panels of rows x NB;
  *   out[t][0..C) = bias + sum_i x[t][i*rows .. +rows) @ block i,   t < T,
  * x (T, n_items * rows) and out (T, C) contiguous.  Returns 0, -1 on a bad argument. */
-int gpteval_gemm_row_blocks(const float *x, int64_t T, const float *const *items,
-                            int64_t n_items, int64_t rows, int64_t C, const float *bias,
-                            float *out, int nthreads) {
+int gpteval_gemm_row_blocks(const float *x, int64_t T, const wt *const *items,
+                            int64_t n_items, int64_t rows, int64_t C, const float *scale,
+                            const float *bias, float *out, int nthreads) {
     if (T < 0 || rows < 1 || n_items < 0 || C % NB || nthreads < 1) return -1;
     const int64_t row_blocks = (T + R - 1) / R, ldx = n_items * rows, np = C / NB;
 #pragma omp parallel for num_threads(nthreads) schedule(static)
@@ -139,8 +147,8 @@ int gpteval_gemm_row_blocks(const float *x, int64_t T, const float *const *items
             PanelAt at[NP];
             for (int j = 0; j < n; j++) {
                 const int64_t cp = g * NP + j;
-                at[j] = (PanelAt){items, cp * rows * NB, bias ? bias + cp * NB : 0,
-                                  out + rb * R * C + cp * NB};
+                at[j] = (PanelAt){items, cp * rows * NB, scale ? scale + cp * NB : 0,
+                                  bias ? bias + cp * NB : 0, out + rb * R * C + cp * NB};
             }
             tiles(x + rb * R * ldx, ldx, nr, at, n, rows, n_items, C, 0);
         }

@@ -28,10 +28,10 @@ _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 def declare(lib: ctypes.CDLL) -> None:
     """Argument types of fused_prefill.c's two entry points."""
     lib.gpteval_gemm_panels.restype = ctypes.c_int
-    lib.gpteval_gemm_panels.argtypes = [_P, _I64, _I64, _P, _P, _I64, _P, _P, _I64,
+    lib.gpteval_gemm_panels.argtypes = [_P, _I64, _I64, _P, _P, _I64, _P, _P, _P, _I64,
                                         ctypes.c_int, ctypes.c_int]
     lib.gpteval_gemm_row_blocks.restype = ctypes.c_int
-    lib.gpteval_gemm_row_blocks.argtypes = [_P, _I64, _P, _I64, _I64, _I64, _P, _P,
+    lib.gpteval_gemm_row_blocks.argtypes = [_P, _I64, _P, _I64, _I64, _I64, _P, _P, _P,
                                             ctypes.c_int]
 
 
@@ -42,15 +42,17 @@ class ArenaProjection(nn.Module):
     columns), whose output columns start at `cols[p]`.  Row blocks (the two c_proj):
     `items[i]` points at item i's `rows` rows (a head's, or a block of hidden units'),
     stored as out_features/NB panels of rows x NB.  `owner` keeps the arena alive.
-    `gelu` (column panels only): the output goes through GPT-2's gelu inside the GEMM."""
+    `gelu` (column panels only): the output goes through GPT-2's gelu inside the GEMM.
+    `scale` (int8 weights): the address of a float scale per output column, else None."""
 
     def __init__(self, lib: ctypes.CDLL, owner: object, in_features: int, out_features: int,
                  bias: int, *, panels: list[int] | None = None, cols: list[int] | None = None,
-                 items: list[int] | None = None, rows: int = 0, gelu: bool = False) -> None:
+                 items: list[int] | None = None, rows: int = 0, gelu: bool = False,
+                 scale: int | None = None) -> None:
         super().__init__()
         self.lib, self.owner = lib, owner
         self.in_features, self.out_features = in_features, out_features
-        self._bias = bias
+        self._bias, self._scale = bias, scale
         if panels is not None:
             self._ptrs = (_P * len(panels))(*panels)
             self._cols = (_I64 * len(cols))(*cols)
@@ -76,12 +78,12 @@ class ArenaProjection(nn.Module):
         if self._by_panels:
             rc = self.lib.gpteval_gemm_panels(x2.data_ptr(), x2.shape[0], self.in_features,
                                               self._ptrs, self._cols, len(self._ptrs),
-                                              self._bias, out.data_ptr(), self.out_features,
-                                              int(self.gelu), threads)
+                                              self._scale, self._bias, out.data_ptr(),
+                                              self.out_features, int(self.gelu), threads)
         else:
             rc = self.lib.gpteval_gemm_row_blocks(x2.data_ptr(), x2.shape[0], self._ptrs,
                                                   len(self._ptrs), self._rows,
-                                                  self.out_features, self._bias,
+                                                  self.out_features, self._scale, self._bias,
                                                   out.data_ptr(), threads)
         if rc != 0:
             raise RuntimeError(f"fused prefill projection failed ({rc})")
@@ -90,8 +92,9 @@ class ArenaProjection(nn.Module):
     def extra_repr(self) -> str:
         layout = "column panels" if self._by_panels else f"row blocks of {self._rows}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"{layout} of the fused-decode weight copy" + (", then gelu" if self.gelu
-                                                                  else ""))
+                f"{layout} of the fused-decode weight copy"
+                + (" (int8, a scale per column)" if self._scale else "")
+                + (", then gelu" if self.gelu else ""))
 
 
 class ArenaMLP(nn.Module):
@@ -111,11 +114,15 @@ class HeadEmbedding(nn.Module):
     """The token embedding of a model whose lm_head is tied to it (GPT-2): token t's row is
     column t of the head, gathered from the kernel's (V/NB, C, NB) panels of the head, so
     the model keeps no (V, C) table (-147 MiB on GPT-2 small).  A prefill gathers one
-    line per float (C lines a token), a few microseconds for 128 tokens."""
+    line per float (C lines a token), a few microseconds for 128 tokens.  With int8
+    panels, `scale` (V,) holds each column's scale (the row is the int8 column times it,
+    as the decode kernel computes it)."""
 
-    def __init__(self, head_panels: torch.Tensor, num_embeddings: int, nb: int) -> None:
+    def __init__(self, head_panels: torch.Tensor, num_embeddings: int, nb: int,
+                 scale: torch.Tensor | None = None) -> None:
         super().__init__()
         self.panels, self.num_embeddings, self.nb = head_panels, num_embeddings, nb
+        self.scale = scale
         self.embedding_dim = head_panels.shape[1]
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -124,7 +131,10 @@ class HeadEmbedding(nn.Module):
             if lo < 0 or hi >= self.num_embeddings:
                 raise IndexError(f"token ids {lo}..{hi}: outside the vocabulary of "
                                  f"{self.num_embeddings}")
-        return self.panels[idx // self.nb, :, idx % self.nb]  # (*idx.shape, C)
+        rows = self.panels[idx // self.nb, :, idx % self.nb]  # (*idx.shape, C)
+        if self.scale is None:
+            return rows
+        return rows.to(torch.float32) * self.scale[idx].unsqueeze(-1)
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, the columns of the "
@@ -140,7 +150,8 @@ def route_embedding(model: nn.Module, head_in_out: torch.Tensor, arena, nb: int)
             and (table.data_ptr() == wte.weight.data_ptr()
                  or torch.equal(table, wte.weight))):
         return False
-    model.transformer.wte = HeadEmbedding(arena.head_panels, wte.num_embeddings, nb)
+    model.transformer.wte = HeadEmbedding(arena.head_panels, wte.num_embeddings, nb,
+                                          arena.head_scale)
     return True
 
 
@@ -158,32 +169,36 @@ def route_projections(model: nn.Module, arena, lib: ctypes.CDLL, nb: int, rb: in
         hp = hs // nb  # hs is a multiple of nb (WeightArena checks)
         ptr = {k: arena.ptr[f"{i}.{k}"] for k in ("w_qkv", "b_qkv", "w_o", "b_o", "w_fc",
                                                     "b_fc", "w_fc2", "b_fc2")}
+        # int8 weights: each matrix's scales (None for float32); es: bytes a weight
+        sc = {k: arena.ptr.get(f"{i}.{k}") for k in ("s_qkv", "s_o", "s_fc", "s_fc2")}
+        es = arena.esize
         # the copy holds a head's q, k, v panels together; the model's columns are all
         # heads' q, then k, then v
         qkv_panels, qkv_cols = [], []
         for h in range(nh):
             for j in range(3):
                 for p in range(hp):
-                    qkv_panels.append(ptr["w_qkv"] + 4 * (h * head_stride + (j * hp + p) * c * nb))
+                    qkv_panels.append(ptr["w_qkv"] + es * (h * head_stride + (j * hp + p) * c * nb))
                     qkv_cols.append(j * width + h * hs + p * nb)
         per_unit = rb // nb
-        fc_panels = [ptr["w_fc"] + 4 * (u * unit_stride + q * c * nb)
+        fc_panels = [ptr["w_fc"] + es * (u * unit_stride + q * c * nb)
                      for u in range(hidden // rb) for q in range(per_unit)]
         freed += sum(module_nbytes(m) for m in (attn.c_attn, attn.c_proj, mlp.c_fc,
                                                 mlp.c_proj))
         attn.c_attn = ArenaProjection(lib, arena, c, 3 * width, ptr["b_qkv"],
-                                      panels=qkv_panels, cols=qkv_cols)
+                                      panels=qkv_panels, cols=qkv_cols, scale=sc["s_qkv"])
         attn.c_proj = ArenaProjection(lib, arena, width, c, ptr["b_o"],
-                                      items=[ptr["w_o"] + 4 * h * head_stride
-                                             for h in range(nh)], rows=hs)
+                                      items=[ptr["w_o"] + es * h * head_stride
+                                             for h in range(nh)], rows=hs, scale=sc["s_o"])
         # the MLP runs at the copy's padded width: padded units have zero weights and bias,
         # gelu(0) = 0, and zero rows in the second projection
         block.mlp = ArenaMLP(
             ArenaProjection(lib, arena, c, hidden, ptr["b_fc"], panels=fc_panels,
-                            cols=[k * nb for k in range(len(fc_panels))], gelu=True),
+                            cols=[k * nb for k in range(len(fc_panels))], gelu=True,
+                            scale=sc["s_fc"]),
             ArenaProjection(lib, arena, hidden, c, ptr["b_fc2"],
-                            items=[ptr["w_fc2"] + 4 * u * unit_stride
-                                   for u in range(hidden // rb)], rows=rb))
+                            items=[ptr["w_fc2"] + es * u * unit_stride
+                                   for u in range(hidden // rb)], rows=rb, scale=sc["s_fc2"]))
     return freed
 
 

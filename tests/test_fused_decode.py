@@ -11,6 +11,7 @@ from gpteval.model import GPT, GPTConfig
 from optimizers import (
     PassContext,
     PassError,
+    fused_build,
     fused_decode,
     fused_prefill,
     parse_pipeline,
@@ -281,11 +282,11 @@ def test_a_kernel_that_does_not_build_skips_the_variant(monkeypatch, tmp_path):
     compiler's own last line, not a traceback."""
     from optimizers.base import PassSkipped
 
-    monkeypatch.setattr(fused_decode, "_lib", None)
+    monkeypatch.setattr(fused_build, "_libs", {})
     monkeypatch.setenv("GPTEVAL_CACHE", str(tmp_path))
-    monkeypatch.setattr(fused_decode, "CFLAGS", [*fused_decode.CFLAGS, "-Werror=no-such-flag"])
+    monkeypatch.setattr(fused_build, "CFLAGS", [*fused_build.CFLAGS, "-Werror=no-such-flag"])
     with pytest.raises(PassSkipped, match="did not build"):
-        fused_decode.build()
+        fused_build.build()
     assert not list(tmp_path.rglob("*.so"))
 
 
