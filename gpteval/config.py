@@ -25,7 +25,7 @@ from pydantic import (
 from .errors import UserError, did_you_mean
 
 DEFAULT_VARIANTS = ["eager", "bf16", "int8-dynamic", "prune-structured:0.3", "onnx",
-                    "onnx+ort-int8", "compile:max-autotune", "fused-decode"]
+                    "onnx+ort-int8", "compile:max-autotune", "fused-decode", "fused-decode:int8"]
 
 
 class _Strict(BaseModel):

@@ -48,12 +48,10 @@ from .base import (
     Pass,
     PassContext,
     PassError,
-    PassSkipped,
     require_torch_engine,
 )
 from .fused_build import build, compiler
 from .fused_layout import NB, RB, WeightArena, head_in_out
-
 
 _P = ctypes.c_void_p
 

@@ -198,8 +198,9 @@ def test_each_threads_share_of_a_phase_is_one_stream(tmp_path):
     pruned model too, whose MLP width is padded to the block size."""
     nb, rb = fused_decode.NB, fused_decode.RB
     c, hs = CFG.n_embd, CFG.n_embd // CFG.n_head
-    for variant in ("fused-decode", "prune-structured:0.3+fused-decode"):
+    for variant in ("fused-decode", "prune-structured:0.3+fused-decode", "fused-decode:int8"):
         arena = build(variant, model(), tmp_path).decoder.arena
+        es = arena.esize  # bytes a weight
         for i, ((heads, hidden), (head_stride, unit_stride)) in enumerate(
                 zip(arena.layer_dims, arena.strides)):
             phases = (("attn", "w_qkv", 3 * -(-hs // nb) * nb * c, "w_o", hs * c, heads,
@@ -209,10 +210,10 @@ def test_each_threads_share_of_a_phase_is_one_stream(tmp_path):
                 at = arena.ptr[f"{i}.{piece}"]
                 for item in range(items):
                     for name, n in ((first, n_first), (second, n_second)):
-                        assert arena.ptr[f"{i}.{name}"] + 4 * stride * item == at, \
+                        assert arena.ptr[f"{i}.{name}"] + es * stride * item == at, \
                             (variant, i, name, item)
-                        at += 4 * n
-                assert at == arena.ptr[f"{i}.{piece}"] + 4 * stride * items
+                        at += es * n
+                assert at == arena.ptr[f"{i}.{piece}"] + es * stride * items
 
 
 def test_an_untied_head_keeps_the_models_token_table(tmp_path):

@@ -51,7 +51,8 @@ def decode_tensors(engine, reference) -> list[torch.Tensor]:
     arena = getattr(getattr(engine, "decoder", None), "arena", None)
     if arena is not None:  # fused-decode reads its own copy, one buffer, not the model's
         caches = [b for n, b in model.named_buffers() if ".kv_cache." in n]
-        return [arena.buffer, *caches]
+        # read as floats (a byte tensor would be summed by another, slower reduction)
+        return [arena.buffer.view(torch.float32), *caches]
     wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
     gathered = {wpe.data_ptr()}
     if getattr(model.lm_head, "weight", None) is not wte:
