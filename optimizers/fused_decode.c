@@ -26,6 +26,10 @@
  * in the host's fast-bandwidth mode: 2 x 40 A/B rounds, same logits to the bit.)
  * Sums are float32 like the reference; only their order differs (~1e-6 in logits).  The
  * sequences of a batch share each weight load (fused_gemv.h), each summed as if alone.
+ * Built with -DGPTEVAL_W_INT8 (`fused-decode:int8`) the copy holds int8 weights and a float
+ * scale per output column (fused_weights.h); each scale multiplies its column's sum where
+ * the bias is added (q, k, v; c_fc before gelu; each c_proj partial; the logits; the tied
+ * embedding), so the kernel computes with exactly int8 x scale.
  */
 #include <math.h>
 #include <stdatomic.h>
