@@ -279,8 +279,8 @@ class FusedDecode(Pass):
     default = "float32"
     produces = "fused"
     float_weights_only = True
-    float_weights_fix = ("fused-decode runs float32 weights: leave the quantizer out (for a "
-                         "quantized CPU variant see 'onnx+ort-int8')")
+    float_weights_fix = ("fused-decode quantizes float32 weights itself: leave the quantizer "
+                         "out and write 'fused-decode:int8' for int8 weights")
     tolerance = 1e-4  # same math, another summation order
     devices = ("cpu",)
 

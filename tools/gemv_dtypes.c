@@ -1,5 +1,5 @@
-/* How fast could fused-decode stream weights stored narrower than float32?  A lead for a
- * weight-only quantized variant, measured in isolation.
+/* How fast does fused-decode's panel GEMV stream weights stored narrower than float32?  The
+ * measurement that led to `fused-decode:int8` (optimizers/fused_weights.h), in isolation.
  *
  * One pass = GPT-2 124M's weights (124 M of them) as column panels of 16 (the kernel's
  * layout, optimizers/fused_layout.py) times one float32 vector, on OpenMP threads, with the
