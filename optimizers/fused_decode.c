@@ -60,7 +60,7 @@ typedef struct {
                                  (batch, n_head, max_len / NB, hs, NB) (below) */
     int64_t n_head, H;        /* this layer's heads and MLP width (H padded to RB): pruning
                                  may leave layers of different widths */
-    int64_t head_stride, unit_stride; /* floats from one work item's weights to the next's
+    int64_t head_stride, unit_stride; /* weights from one work item's weights to the next's
                                  (w_o sits inside a head's item, w_fc2 inside a unit block's) */
     const float *s_qkv, *s_o, *s_fc, *s_fc2; /* int8 weights: a scale per output column, in
                                  the order of the biases; NULL for float32 weights */

@@ -96,7 +96,7 @@ class WeightArena:
 
         pieces: list[tuple[str, torch.Tensor]] = []
         self.layer_dims: list[tuple[int, int]] = []  # (heads, padded MLP width) per layer
-        self.strides: list[tuple[int, int]] = []  # (head_stride, unit_stride) floats
+        self.strides: list[tuple[int, int]] = []  # (head_stride, unit_stride) weights
         inside: dict[str, tuple[str, int]] = {}  # matrix -> (piece, float offset), for ptr
         self.hs = 0
         for i, block in enumerate(model.transformer.h):
