@@ -344,10 +344,9 @@ int gpteval_decode_step(Model *m, const int64_t *tokens, int64_t *pos_p,
             const int64_t t = tokens[b];
             if (m->wte_panels) { /* the tied head's column t (times its scale, int8) */
                 const wt *e = m->w_head + (t / NB) * C * NB + t % NB;
-                const float sc = m->s_head ? m->s_head[t] : 1.f;
+                const float sc = m->s_head ? m->s_head[t] : 1.f; /* x 1 is exact */
                 for (int64_t c = 0; c < C; c++)
-                    x[b * C + c] = (m->s_head ? (float)e[c * NB] * sc : (float)e[c * NB])
-                                   + m->wpe[pos * C + c];
+                    x[b * C + c] = (float)e[c * NB] * sc + m->wpe[pos * C + c];
             } else {
                 const float *e = m->wte + t * C;
                 for (int64_t c = 0; c < C; c++) x[b * C + c] = e[c] + m->wpe[pos * C + c];

@@ -85,6 +85,7 @@ class WeightArena:
     def __init__(self, model: GPT, int8: bool = False) -> None:
         self.dtype = torch.int8 if int8 else torch.float32
         self.esize = 1 if int8 else 4  # bytes a weight
+        pieces: list[tuple[str, torch.Tensor]] = []
 
         def stored(w: torch.Tensor, name: str) -> torch.Tensor:
             """w (in, out) as the arena holds it; an int8 copy adds its scales as `name`"""
@@ -94,7 +95,6 @@ class WeightArena:
             pieces.append((name, scale))
             return q
 
-        pieces: list[tuple[str, torch.Tensor]] = []
         self.layer_dims: list[tuple[int, int]] = []  # (heads, padded MLP width) per layer
         self.strides: list[tuple[int, int]] = []  # (head_stride, unit_stride) weights
         inside: dict[str, tuple[str, int]] = {}  # matrix -> (piece, float offset), for ptr

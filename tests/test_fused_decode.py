@@ -50,17 +50,22 @@ def greedy_logits(engine, ids: torch.Tensor, steps: int, max_len: int) -> torch.
     return torch.stack(out, 1)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_matches_eager_across_cache_shapes_and_threads(tmp_path, threads):
-    """Batch 1 then 3 (the kernel's buffers are rebuilt for the new cache), several thread
-    counts (heads split unevenly at 2: 3 heads), decoding into positions the prompt never
-    reached: same argmax, logits within float rounding."""
-    eager, fused = build("eager", model(), tmp_path), build("fused-decode", model(), tmp_path)
-    assert fused.backend == "fused"
+def untied() -> GPT:
+    """model() with an lm_head of its own, not tied to the token table."""
+    m = model()
+    m.lm_head = torch.nn.Linear(CFG.n_embd, CFG.vocab_size, bias=False)
+    torch.nn.init.normal_(m.lm_head.weight, std=0.05, generator=torch.Generator().manual_seed(9))
+    return m
+
+
+def assert_decodes_like(eager, fused, threads: int, shapes) -> None:
+    """Greedy generation at `threads` threads for each (batch, prompt, max_len) in turn,
+    decoding into positions the prompt never reached: same argmax as `eager`, logits
+    within float rounding."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for batch, prompt, max_len in ((1, 5, 40), (3, 17, 64), (1, 5, 40)):
+        for batch, prompt, max_len in shapes:
             ids = torch.randint(0, CFG.vocab_size, (batch, prompt),
                                 generator=torch.Generator().manual_seed(batch))
             want = greedy_logits(eager, ids, max_len - prompt, max_len)
@@ -69,6 +74,16 @@ def test_matches_eager_across_cache_shapes_and_threads(tmp_path, threads):
             assert (got - want).abs().max().item() < 1e-4
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_matches_eager_across_cache_shapes_and_threads(tmp_path, threads):
+    """Batch 1 then 3 (the kernel's buffers are rebuilt for the new cache), several thread
+    counts (heads split unevenly at 2: 3 heads), decoding into positions the prompt never
+    reached: same argmax, logits within float rounding."""
+    eager, fused = build("eager", model(), tmp_path), build("fused-decode", model(), tmp_path)
+    assert fused.backend == "fused"
+    assert_decodes_like(eager, fused, threads, ((1, 5, 40), (3, 17, 64), (1, 5, 40)))
 
 
 def test_prefill_logits_come_from_the_kernels_head(tmp_path, monkeypatch):
@@ -220,12 +235,6 @@ def test_an_untied_head_keeps_the_models_token_table(tmp_path):
     """Only a head tied to the token table can stand in for it: an untied one (another
     checkpoint, a fine-tune that untied them) leaves the model its own table, which prefill
     and the kernel's decode both read."""
-    def untied() -> GPT:
-        m = model()
-        m.lm_head = torch.nn.Linear(CFG.n_embd, CFG.vocab_size, bias=False)
-        torch.nn.init.normal_(m.lm_head.weight, std=0.05, generator=torch.Generator().manual_seed(9))
-        return m
-
     eager, fused = build("eager", untied(), tmp_path), build("fused-decode", untied(), tmp_path)
     assert isinstance(fused.model.transformer.wte, torch.nn.Embedding)
     ids = torch.randint(0, CFG.vocab_size, (2, 7), generator=torch.Generator().manual_seed(2))

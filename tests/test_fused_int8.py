@@ -21,7 +21,14 @@ from optimizers import (
     run_pipeline,
 )
 from optimizers.fused_layout import quantize_cols
-from tests.test_fused_decode import CFG, build, greedy_logits, model
+from tests.test_fused_decode import (
+    CFG,
+    assert_decodes_like,
+    build,
+    greedy_logits,
+    model,
+    untied,
+)
 
 pytestmark = pytest.mark.skipif(fused_decode.compiler() is None,
                                 reason="fused-decode needs a C compiler (gcc)")
@@ -41,13 +48,6 @@ def dequantize_(m: GPT) -> GPT:
     return m
 
 
-def untied() -> GPT:
-    m = model()
-    m.lm_head = torch.nn.Linear(CFG.n_embd, CFG.vocab_size, bias=False)
-    torch.nn.init.normal_(m.lm_head.weight, std=0.05, generator=torch.Generator().manual_seed(9))
-    return m
-
-
 @pytest.mark.parametrize("make", [model, untied], ids=["tied", "untied"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_int8_computes_with_its_dequantized_weights(tmp_path, threads, make):
@@ -56,18 +56,7 @@ def test_int8_computes_with_its_dequantized_weights(tmp_path, threads, make):
     dequantized weights, within float rounding."""
     eager = build("eager", dequantize_(make()), tmp_path)
     fused = build("fused-decode:int8", make(), tmp_path)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for batch, prompt, max_len in ((1, 5, 40), (3, 17, 64)):
-            ids = torch.randint(0, CFG.vocab_size, (batch, prompt),
-                                generator=torch.Generator().manual_seed(batch))
-            want = greedy_logits(eager, ids, max_len - prompt, max_len)
-            got = greedy_logits(fused, ids, max_len - prompt, max_len)
-            assert torch.equal(got.argmax(-1), want.argmax(-1))
-            assert (got - want).abs().max().item() < 1e-4
-    finally:
-        torch.set_num_threads(before)
+    assert_decodes_like(eager, fused, threads, ((1, 5, 40), (3, 17, 64)))
 
 
 def test_int8_after_structured_pruning(tmp_path):

@@ -8,30 +8,25 @@
  * reduction over the same bytes (the harness's bandwidth probe does the same).  Prints each
  * pass's best and median time and GB/s of the bytes it read.
  *
- *   gcc -O3 -march=native -fopenmp tools/gemv_dtypes.c -o /tmp/gemv_dtypes
+ *   gcc -O3 -march=native -fopenmp -Ioptimizers tools/gemv_dtypes.c -o /tmp/gemv_dtypes
  *   OMP_NUM_THREADS=2 /tmp/gemv_dtypes [repeats]
  *
- * The int8 widening uses AVX-512 intrinsics where the compiler targets AVX-512: gcc 12
- * turns a generic int8 -> float vector conversion into scalar code (8 GB/s here).  Built
- * for AVX2 (-mavx2 -mfma) the generic conversions stay slow (bf16 24 GB/s, int8 6): a
- * kernel for AVX2 hosts would need 256-bit intrinsics. */
+ * The int8 widening is the kernel's own (WLOAD, optimizers/fused_weights.h: intrinsics;
+ * gcc 12 turns a generic int8 -> float vector conversion into scalar code, 8 GB/s here).
+ * The bf16 one is generic vector code, slow when built for AVX2 (-mavx2 -mfma: 24 GB/s). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int8_t v16b __attribute__((vector_size(16)));
+#define GPTEVAL_W_INT8 /* the int8 build's WLOAD */
+#include "fused_weights.h" /* NB (columns of a panel), v16, LOAD, WLOAD */
+
 typedef uint16_t v16h __attribute__((vector_size(32)));
-typedef int32_t v16i __attribute__((vector_size(64)));
 typedef uint32_t v16u __attribute__((vector_size(64)));
 #define K 768 /* GPT-2's width: rows of a panel */
-#define NB 16 /* columns of a panel */
 
 static float x[K], out[1024 * NB];
 
@@ -60,22 +55,6 @@ static inline v16 widen_bf16(const uint16_t *w) {
     return f;
 }
 
-static inline v16 widen_i8(const int8_t *w) {
-#ifdef __AVX512F__
-    return (v16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)w)));
-#else
-    v16b b;
-    memcpy(&b, w, sizeof b);
-    return __builtin_convertvector(__builtin_convertvector(b, v16i), v16);
-#endif
-}
-
-static inline v16 load_f32(const float *w) {
-    v16 f;
-    memcpy(&f, w, sizeof f);
-    return f;
-}
-
 /* one pass over P panels; WIDEN(w + i * NB) gives row i's 16 weights as floats */
 #define GEMV_PASS(T, WIDEN, SCALED)                                                       \
     _Pragma("omp parallel for schedule(static)")                                          \
@@ -89,13 +68,13 @@ static inline v16 load_f32(const float *w) {
             a3 += x[i + 3] * WIDEN(wp + (i + 3) * NB);                                    \
         }                                                                                 \
         v16 s = (a0 + a1) + (a2 + a3);                                                    \
-        if (SCALED) s *= load_f32(scale + p * NB);                                        \
+        if (SCALED) s *= LOAD(scale + p * NB);                                            \
         memcpy(out + (p % 1024) * NB, &s, sizeof s);                                      \
     }
 
 static double pass_f32(const void *w, const float *scale, int64_t P) {
     double t = now();
-    GEMV_PASS(float, load_f32, 0)
+    GEMV_PASS(float, LOAD, 0)
     (void)scale;
     return now() - t;
 }
@@ -107,7 +86,7 @@ static double pass_bf16(const void *w, const float *scale, int64_t P) {
 }
 static double pass_i8(const void *w, const float *scale, int64_t P) {
     double t = now();
-    GEMV_PASS(int8_t, widen_i8, 1)
+    GEMV_PASS(int8_t, WLOAD, 1)
     return now() - t;
 }
 static double pass_sum(const void *w, const float *scale, int64_t P) {
@@ -119,10 +98,10 @@ static double pass_sum(const void *w, const float *scale, int64_t P) {
         v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
         const float *q = f + p * K * NB;
         for (int i = 0; i < K * NB; i += 4 * NB) {
-            a0 += load_f32(q + i);
-            a1 += load_f32(q + i + NB);
-            a2 += load_f32(q + i + 2 * NB);
-            a3 += load_f32(q + i + 3 * NB);
+            a0 += LOAD(q + i);
+            a1 += LOAD(q + i + NB);
+            a2 += LOAD(q + i + 2 * NB);
+            a3 += LOAD(q + i + 3 * NB);
         }
         v16 s = (a0 + a1) + (a2 + a3);
         for (int j = 0; j < NB; j++) tot += s[j];
