@@ -14,13 +14,14 @@
  * at any batch size.  R is a constant after inlining (ROWS_DISPATCH), so a[][] stays in
  * registers (16 of them at R = 4).  Two copies: panel_dots over weights (wt, WLOAD) and
  * panel_dots_f over float panels (the attention's keys, whatever the weights are). */
-#define DEFINE_PANEL_DOTS(NAME, T, LD)                                                      \
+#define DEFINE_PANEL_DOTS(NAME, T, LD, PF)                                                  \
     static inline __attribute__((always_inline)) void NAME(const float *x, int64_t ldx,     \
                                                            int R, const T *w, int64_t K,    \
                                                            v16 a[4][4]) {                   \
         for (int r = 0; r < R; r++) a[r][0] = a[r][1] = a[r][2] = a[r][3] = (v16){0};      \
         int64_t i = 0;                                                                      \
         for (; i + 4 <= K; i += 4) {                                                        \
+            PF(w + i * NB);                                                                 \
             v16 w0 = LD(w + i * NB), w1 = LD(w + (i + 1) * NB);                             \
             v16 w2 = LD(w + (i + 2) * NB), w3 = LD(w + (i + 3) * NB);                       \
             for (int r = 0; r < R; r++) {                                                   \
@@ -34,8 +35,9 @@
         for (; i < K; i++)                                                                  \
             for (int r = 0; r < R; r++) a[r][0] += x[r * ldx + i] * LD(w + i * NB);        \
     }
-DEFINE_PANEL_DOTS(panel_dots, wt, WLOAD)
-DEFINE_PANEL_DOTS(panel_dots_f, float, LOAD)
+#define NO_PREFETCH(p) ((void)0)
+DEFINE_PANEL_DOTS(panel_dots, wt, WLOAD, WPREFETCH)
+DEFINE_PANEL_DOTS(panel_dots_f, float, LOAD, NO_PREFETCH)
 
 /* out[0..NB) = x[0..K) @ a float panel (K rows of NB): the attention's 16 scores */
 static inline void panel_f(const float *x, const float *w, int64_t K, float *out) {

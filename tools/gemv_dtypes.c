@@ -12,7 +12,9 @@
  *   OMP_NUM_THREADS=2 /tmp/gemv_dtypes [repeats]
  *
  * The int8 widening is the kernel's own (WLOAD, optimizers/fused_weights.h: intrinsics;
- * gcc 12 turns a generic int8 -> float vector conversion into scalar code, 8 GB/s here).
+ * gcc 12 turns a generic int8 -> float vector conversion into scalar code, 8 GB/s here),
+ * read twice: plainly, and with the kernel's software prefetch (WPREFETCH, "int8 +pf"),
+ * without which int8 streams well under the reduction in the host's fast mode.
  * The bf16 one is generic vector code, slow when built for AVX2 (-mavx2 -mfma: 24 GB/s). */
 #include <stdint.h>
 #include <stdio.h>
@@ -55,13 +57,16 @@ static inline v16 widen_bf16(const uint16_t *w) {
     return f;
 }
 
+#define NO_PF(p) ((void)0)
+
 /* one pass over P panels; WIDEN(w + i * NB) gives row i's 16 weights as floats */
-#define GEMV_PASS(T, WIDEN, SCALED)                                                       \
+#define GEMV_PASS(T, WIDEN, SCALED, PF)                                                   \
     _Pragma("omp parallel for schedule(static)")                                          \
     for (int64_t p = 0; p < P; p++) {                                                     \
         const T *wp = (const T *)w + p * K * NB;                                          \
         v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                       \
         for (int i = 0; i < K; i += 4) {                                                  \
+            PF(wp + i * NB);                                                              \
             a0 += x[i] * WIDEN(wp + i * NB);                                              \
             a1 += x[i + 1] * WIDEN(wp + (i + 1) * NB);                                    \
             a2 += x[i + 2] * WIDEN(wp + (i + 2) * NB);                                    \
@@ -74,19 +79,24 @@ static inline v16 widen_bf16(const uint16_t *w) {
 
 static double pass_f32(const void *w, const float *scale, int64_t P) {
     double t = now();
-    GEMV_PASS(float, LOAD, 0)
+    GEMV_PASS(float, LOAD, 0, NO_PF)
     (void)scale;
     return now() - t;
 }
 static double pass_bf16(const void *w, const float *scale, int64_t P) {
     double t = now();
-    GEMV_PASS(uint16_t, widen_bf16, 0)
+    GEMV_PASS(uint16_t, widen_bf16, 0, NO_PF)
     (void)scale;
     return now() - t;
 }
 static double pass_i8(const void *w, const float *scale, int64_t P) {
     double t = now();
-    GEMV_PASS(int8_t, WLOAD, 1)
+    GEMV_PASS(int8_t, WLOAD, 1, NO_PF)
+    return now() - t;
+}
+static double pass_i8_pf(const void *w, const float *scale, int64_t P) {
+    double t = now();
+    GEMV_PASS(int8_t, WLOAD, 1, WPREFETCH)
     return now() - t;
 }
 static double pass_sum(const void *w, const float *scale, int64_t P) {
@@ -135,11 +145,13 @@ int main(int argc, char **argv) {
     struct { const char *name; double (*run)(const void *, const float *, int64_t);
              const void *w; double bytes; } kinds[] = {
         {"sum f32", pass_sum, wf, n * 4.0}, {"gemv f32", pass_f32, wf, n * 4.0},
-        {"gemv bf16", pass_bf16, wh, n * 2.0}, {"gemv int8", pass_i8, wb, n * 1.0}};
-    double *t = malloc(sizeof(double) * 4 * R);
+        {"gemv bf16", pass_bf16, wh, n * 2.0}, {"gemv int8", pass_i8, wb, n * 1.0},
+        {"int8 +pf", pass_i8_pf, wb, n * 1.0}};
+    enum { KINDS = sizeof kinds / sizeof kinds[0] };
+    double *t = malloc(sizeof(double) * KINDS * R);
     for (int r = 0; r < R; r++) /* interleaved, so every kind sees the same host moments */
-        for (int k = 0; k < 4; k++) t[k * R + r] = kinds[k].run(kinds[k].w, scale, P);
-    for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < KINDS; k++) t[k * R + r] = kinds[k].run(kinds[k].w, scale, P);
+    for (int k = 0; k < KINDS; k++) {
         double *tk = t + k * R;
         qsort(tk, R, sizeof *tk, by_value);
         printf("%-9s best %6.2f ms (%5.1f GB/s)  median %6.2f ms (%5.1f GB/s)  %4.0f passes/s\n",
