@@ -218,13 +218,14 @@ class FusedDecodeEngine(TorchEngine):
         self.notes = te.notes
         self.decoder = FusedDecoder(te.model, int8)
         self.decode_fn = self.decoder
+        self._arena_step_nbytes = _arena_step_nbytes(te.model, self.decoder.arena.esize)
         # the arena holds these weights now and the model keeps no copy of its own: the
         # lm_head, the block projections, and the token table where the head is tied to it
         # (GPT-2: its rows are the head's columns)
         fused_prefill.route_embedding(te.model, head_in_out(te.model), self.decoder.arena,
                                       NB)
         te.model.lm_head = KernelHead(self.decoder)
-        self._projection_nbytes = fused_prefill.route_projections(
+        fused_prefill.route_projections(
             te.model, self.decoder.arena, self.decoder.lib, NB, RB)
 
     def reset(self, batch: int, max_len: int) -> None:
@@ -264,11 +265,23 @@ class FusedDecodeEngine(TorchEngine):
 
     def decode_nbytes(self) -> int:
         # what eager's count says a step reads: the model itself holds only the norms, the
-        # gathered tables and the KV cache now; the kernel also reads its (V, C) head whole
-        # and the block projections the model gave up to it (a byte a weight for int8)
-        cfg, a = self.model.config, self.decoder.arena
-        return (super().decode_nbytes() + cfg.vocab_size * cfg.n_embd * a.esize
-                + self._projection_nbytes * a.esize // 4)
+        # gathered tables and the KV cache now; the kernel also reads the head and the
+        # block projections from its copy (for float32, eager's count exactly)
+        return super().decode_nbytes() + self._arena_step_nbytes
+
+
+def _arena_step_nbytes(model: GPT, esize: int) -> int:
+    """Bytes a decode step reads of the kernel's copy of the (V, C) head and the block
+    projections, before the model hands them over: each weight at `esize` bytes, each bias
+    in float32 and, for int8, each output column's float32 scale; padding left out (not a
+    weight: GPT-2's head gains 15 zero columns)."""
+    mats = [(m.weight, m.bias) for b in model.transformer.h
+            for m in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj)]
+    mats.append((head_in_out(model), None))
+    weights = sum(w.numel() for w, _ in mats)
+    biases = sum(b.numel() for _, b in mats if b is not None)
+    scales = sum(w.shape[1] for w, _ in mats) if esize == 1 else 0
+    return weights * esize + 4 * (biases + scales)
 
 
 class FusedDecode(Pass):

@@ -19,7 +19,6 @@ import ctypes
 import torch
 from torch import nn
 
-from gpteval.engine import module_nbytes
 from gpteval.packed import in_graph_capture
 
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
@@ -155,11 +154,9 @@ def route_embedding(model: nn.Module, head_in_out: torch.Tensor, arena, nb: int)
     return True
 
 
-def route_projections(model: nn.Module, arena, lib: ctypes.CDLL, nb: int, rb: int) -> int:
+def route_projections(model: nn.Module, arena, lib: ctypes.CDLL, nb: int, rb: int) -> None:
     """Swap each block's four projections for ArenaProjections over `arena` (built from
-    them: same values), in place.  Returns the bytes of the weights and biases the model
-    no longer holds."""
-    freed = 0
+    them: same values), in place."""
     for i, block in enumerate(model.transformer.h):
         attn, mlp = block.attn, block.mlp
         c = attn.c_attn.in_features
@@ -183,8 +180,6 @@ def route_projections(model: nn.Module, arena, lib: ctypes.CDLL, nb: int, rb: in
         per_unit = rb // nb
         fc_panels = [ptr["w_fc"] + es * (u * unit_stride + q * c * nb)
                      for u in range(hidden // rb) for q in range(per_unit)]
-        freed += sum(module_nbytes(m) for m in (attn.c_attn, attn.c_proj, mlp.c_fc,
-                                                mlp.c_proj))
         attn.c_attn = ArenaProjection(lib, arena, c, 3 * width, ptr["b_qkv"],
                                       panels=qkv_panels, cols=qkv_cols, scale=sc["s_qkv"])
         attn.c_proj = ArenaProjection(lib, arena, width, c, ptr["b_o"],
@@ -199,7 +194,6 @@ def route_projections(model: nn.Module, arena, lib: ctypes.CDLL, nb: int, rb: in
             ArenaProjection(lib, arena, hidden, c, ptr["b_fc2"],
                             items=[ptr["w_fc2"] + es * u * unit_stride
                                    for u in range(hidden // rb)], rows=rb, scale=sc["s_fc2"]))
-    return freed
 
 
 __all__ = ["ArenaMLP", "ArenaProjection", "HeadEmbedding", "declare", "route_embedding",
