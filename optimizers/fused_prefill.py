@@ -158,7 +158,7 @@ def route_projections(model: nn.Module, arena, lib: ctypes.CDLL, nb: int, rb: in
     """Swap each block's four projections for ArenaProjections over `arena` (built from
     them: same values), in place."""
     for i, block in enumerate(model.transformer.h):
-        attn, mlp = block.attn, block.mlp
+        attn = block.attn
         c = attn.c_attn.in_features
         nh, (head_stride, unit_stride) = attn.n_head, arena.strides[i]
         width = attn.c_attn.out_features // 3
