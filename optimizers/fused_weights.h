@@ -37,9 +37,10 @@ static inline v16 WLOAD(const wt *p) {
  * instructions per 16 bytes (widen, convert, FMA), so the same window covers a quarter of
  * the bytes, too few misses in flight for the host's fast mode.  Measured (Zen 5, gpt2, 2
  * threads, one process, paired rounds): the step 1.30x faster in the fast mode (probes
- * 77-90 GB/s: 12-24 KB ahead all ~1.30, 8 KB 1.22, 4 KB ~1.15), 1.03-1.06x in the slow one;
- * the same prefetch in the float32 build 0.95-1.02, so it has none.  Not compute: in L2
- * the int8 GEMV ran 65 G weights/s on one core, the float32 one 53. */
+ * 76-90 GB/s: 12-24 KB ahead all ~1.30, 8 KB 1.16-1.30, 6 KB 1.13-1.25), 1.03-1.06x in
+ * the slow one; the same prefetch in the float32 build, 8-32 KB ahead: medians 0.98-1.01,
+ * so it has none.  Not compute: in L2 the int8 GEMV ran 65 G weights/s on one core, the
+ * float32 one 53 (docs/cpu-performance.md has the runs). */
 #ifndef GPTEVAL_WPF
 #define GPTEVAL_WPF 16384
 #endif

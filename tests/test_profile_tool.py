@@ -122,3 +122,26 @@ def test_decode_tensors_of_fused_decode_are_its_weight_copy_and_cache(tmp_path):
     tensors = decode_tensors(engine, model)
     assert tensors[0].data_ptr() == engine.decoder.arena.buffer.data_ptr()
     assert len(tensors) == 1 + 2 * 2  # the copy, then k and v of each layer's cache
+
+
+SIDE_TOOL = TOOL.parent / "side_by_side.py"
+
+
+def test_side_by_side_measures_each_variant_every_round_against_the_first():
+    proc = subprocess.run([sys.executable, str(SIDE_TOOL), "--model", "tiny", "--variants",
+                           "eager,bf16", "--rounds", "2", "--prompt", "8", "--new", "4"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    rounds = [line for line in lines if line.startswith("round ")]
+    assert len(rounds) == 2 and all(line.count("tok/s") == 2 for line in rounds)
+    # the ratios are each round's tok/s over the first variant's: the first is 1 exactly
+    assert lines[-1].startswith("median over rounds, against eager: eager 1.000, bf16 ")
+
+
+def test_side_by_side_names_a_pass_it_cannot_build_in_one_line():
+    proc = subprocess.run([sys.executable, str(SIDE_TOOL), "--model", "tiny", "--variants",
+                           "eager,fp32", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "fp32: unknown pass 'fp32'" in proc.stderr

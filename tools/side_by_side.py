@@ -1,0 +1,74 @@
+"""Several variants' decode speed measured side by side in one process, round after round:
+the comparison a run's pooled medians cannot give on a host whose bandwidth switches modes
+between rounds (the Zen 5 CI hosts: ~90 GB/s or ~50 within minutes).
+
+    python tools/side_by_side.py --model gpt2 --variants fused-decode:int8,onnx+ort-int4 --rounds 8
+
+Builds each variant as `gpteval run` does, then each round runs the harness's latency
+protocol (`latency_at_batch`, batch 1, with its bandwidth probes right before and after)
+for every variant in turn, the order reversed every other round so that neither always goes
+first.  Prints per round each variant's decode tok/s and the probe beside it, then per
+variant the median over rounds of its tok/s over the first variant's in the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="gpt2")
+    ap.add_argument("--variants", default="fused-decode:int8,fused-decode",
+                    help="comma-separated pipelines; ratios are against the first")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new", type=int, default=128, help="new tokens per generation")
+    args = ap.parse_args()
+
+    from gpteval.engine import TorchEngine
+    from gpteval.measure.ceilings import bandwidth_probe_gbs
+    from gpteval.measure.latency import latency_at_batch
+    from gpteval.weights import load_model
+    from optimizers import PassContext, PassError, parse_pipeline, run_pipeline
+    from optimizers.base import PassSkipped
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    max_len = args.prompt + args.new
+    engines = {}
+    for v in variants:
+        loaded = load_model(args.model)  # a fresh model each: passes change it in place
+        ctx = PassContext(device="cpu", workdir=Path(tempfile.mkdtemp()),
+                          trained=loaded.trained, warmup_shape=(1, max_len))
+        try:
+            engines[v] = run_pipeline(parse_pipeline(v), TorchEngine(loaded.model, "cpu"), ctx,
+                                      layout=True)
+        except (PassError, PassSkipped) as e:  # a user's error or a pass this host can't run
+            print(f"{v}: {e}", file=sys.stderr)
+            sys.exit(2)
+    protocol = {"prompt_len": args.prompt, "new_tokens": args.new, "warmup": 1,
+                "min_repeats": 3, "min_time_s": 1.0}
+    # a measured ceiling makes latency_at_batch probe beside each round, as in a run
+    ceilings = {"memory_bandwidth_gbs": bandwidth_probe_gbs()}
+    ratios: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(args.rounds):
+        order = variants if r % 2 == 0 else variants[::-1]
+        tok_s, probe = {}, {}
+        for v in order:
+            m = latency_at_batch(engines[v], 1, protocol, ceilings=ceilings)["metrics"]
+            tok_s[v], probe[v] = m["decode_tok_s"], m.get("bandwidth_probe_gbs")
+        for v in variants:
+            ratios[v].append(tok_s[v] / tok_s[variants[0]])
+        print(f"round {r}: " + "  ".join(
+            f"{v} {tok_s[v]:.1f} tok/s (probe {probe[v] or float('nan'):.1f} GB/s)"
+            for v in variants), flush=True)
+    print(f"median over rounds, against {variants[0]}: " + ", ".join(
+        f"{v} {statistics.median(x):.3f}" for v, x in ratios.items()))
+
+
+if __name__ == "__main__":
+    main()
