@@ -33,12 +33,12 @@ static inline v16 WLOAD(const wt *p) {
 }
 /* Software prefetch, GPTEVAL_WPF bytes ahead of each 64-byte line of int8 panel rows a
  * GEMV reads (panel_dots).  A float32 panel row is one FMA per 64 bytes, so the core's
- * out-of-order window alone keeps ~20 KB of loads in flight; an int8 one is three
- * instructions per 16 bytes (widen, convert, FMA), so the same window covers a quarter of
- * the bytes, too few misses in flight for the host's fast mode.  Measured (Zen 5, gpt2, 2
- * threads, one process, paired rounds): the step 1.30x faster in the fast mode (probes
- * 76-90 GB/s: 12-24 KB ahead all ~1.30, 8 KB 1.16-1.30, 6 KB 1.13-1.25), 1.03-1.06x in
- * the slow one; the same prefetch in the float32 build, 8-32 KB ahead: medians 0.98-1.01,
+ * out-of-order window alone reaches tens of KB ahead (an estimate from its size); an int8
+ * one is three instructions per 16 bytes (widen, convert, FMA), twelve per line, so the
+ * same window reaches a quarter as far: too few misses in flight for the host's fast mode.  Measured (Zen 5, gpt2, 2
+ * threads, one process, paired rounds, medians): the step 1.32x faster in the fast mode
+ * (probes 76-90 GB/s; 12-24 KB ahead 1.28-1.32, 8 KB 1.22, 6 KB 1.16), ~1.05x in the slow
+ * one; the same prefetch in the float32 build, 8-32 KB ahead: medians 0.98-1.01,
  * so it has none.  Not compute: in L2 the int8 GEMV ran 65 G weights/s on one core, the
  * float32 one 53 (docs/cpu-performance.md has the runs). */
 #ifndef GPTEVAL_WPF
