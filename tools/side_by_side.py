@@ -31,6 +31,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from gpteval.engine import TorchEngine
+    from gpteval.errors import UserError
     from gpteval.measure.ceilings import bandwidth_probe_gbs
     from gpteval.measure.latency import latency_at_batch
     from gpteval.weights import load_model
@@ -41,14 +42,14 @@ def main() -> None:
     max_len = args.prompt + args.new
     engines = {}
     for v in variants:
-        loaded = load_model(args.model)  # a fresh model each: passes change it in place
-        ctx = PassContext(device="cpu", workdir=Path(tempfile.mkdtemp()),
-                          trained=loaded.trained, warmup_shape=(1, max_len))
         try:
+            loaded = load_model(args.model)  # a fresh model each: passes change it in place
+            ctx = PassContext(device="cpu", workdir=Path(tempfile.mkdtemp()),
+                              trained=loaded.trained, warmup_shape=(1, max_len))
             engines[v] = run_pipeline(parse_pipeline(v), TorchEngine(loaded.model, "cpu"), ctx,
                                       layout=True)
-        except (PassError, PassSkipped) as e:  # a user's error or a pass this host can't run
-            print(f"{v}: {e}", file=sys.stderr)
+        except (UserError, PassError, PassSkipped) as e:  # a user's error, or a pass this
+            print(f"{v}: {e}", file=sys.stderr)           # host cannot run
             sys.exit(2)
     protocol = {"prompt_len": args.prompt, "new_tokens": args.new, "warmup": 1,
                 "min_repeats": 3, "min_time_s": 1.0}
