@@ -16,6 +16,8 @@ torch.ao.quantization are imported inside the passes only.
 
 from __future__ import annotations
 
+import logging
+import sys
 from types import SimpleNamespace
 
 import torch
@@ -111,7 +113,30 @@ def require_float_weights(te: TorchEngine, pass_name: str) -> None:
 
 
 def torchao_missing() -> str | None:
-    return missing_package("torchao", "torchao")
+    """The skip reason when torchao is not installed; when it is, imports it (quietly,
+    below), so every torchao pass meets it here first: `available` runs before `apply`."""
+    reason = missing_package("torchao", "torchao")
+    if reason is None:
+        _import_torchao_quietly()
+    return reason
+
+
+def _import_torchao_quietly() -> None:
+    """torchao's import logs a line for each optional native library it cannot load (its
+    CUDA-only builds, on a CPU machine) and makes torch warn that an Enum it registers
+    needs no registering: noise a user cannot act on, which `gpteval passes` printed above
+    its table.  Imported once with those two loggers at ERROR; real errors still show."""
+    if "torchao" in sys.modules:
+        return
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        import torchao  # noqa: F401
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def quantize_with_torchao(model: GPT, config, filter_fn=None) -> tuple[int, int]:

@@ -140,3 +140,13 @@ def test_entry_point_prints_one_line(tmp_path):
                           timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("gpteval: error:") and "Traceback" not in proc.stderr
+
+
+def test_passes_prints_its_table_without_library_noise():
+    """torchao's import logs each native library it cannot load and makes torch warn about
+    an Enum: `gpteval passes` imports it quietly (optimizers/quantize.py).  A fresh process,
+    since the noise comes only with the first import."""
+    proc = subprocess.run([sys.executable, "-m", "gpteval.cli", "passes"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "fused-decode" in proc.stdout
+    assert "Failed to load" not in proc.stderr and "register_constant" not in proc.stderr
