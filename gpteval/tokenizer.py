@@ -20,6 +20,10 @@ class ByteTokenizer:
     def decode(self, ids) -> str:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
+    def n_bytes(self, ids) -> int:
+        """UTF-8 bytes the ids encode (bits per byte of a scored prefix)."""
+        return len(ids)
+
     def describe(self) -> dict:
         return {"kind": self.name, "vocab_size": self.vocab_size}
 
@@ -67,6 +71,11 @@ class BPETokenizer:
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids])
+
+    def n_bytes(self, ids) -> int:
+        """UTF-8 bytes the ids encode (bits per byte of a scored prefix); a prefix that cuts
+        a character in two counts it as U+FFFD, at most 2 bytes over."""
+        return len(self.decode(ids).encode("utf-8"))
 
     def describe(self) -> dict:
         return {"kind": self.name, "vocab_size": self.vocab_size, "source": self.source}

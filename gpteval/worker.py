@@ -211,13 +211,17 @@ def run_job(job: dict, keep: dict | None = None) -> dict:
     result["latency_rounds"] = [_round_record(round_started, round_t0, result)]
 
     # ---- quality (trained weights only) -----------------------------------------------
-    result["quality_protocol"] = {"context": q["context"], "stride": q["stride"],
-                                  "text": q["text"], "text_sha256": text_sha,
-                                  "n_tokens": int(min(len(text_ids), q["max_tokens"] or len(text_ids)))}
     if loaded.trained:
         ids = text_ids[: q["max_tokens"]] if q["max_tokens"] else text_ids
-        qr = quality.perplexity(engine, ids, min(q["context"], engine.max_positions),
-                                min(q["stride"], q["context"]), n_bytes=n_bytes)
+        # bits per byte over the bytes of the tokens scored: with max_tokens, a text's prefix
+        scored_bytes = n_bytes if len(ids) == len(text_ids) else loaded.tokenizer.n_bytes(ids)
+        # a context beyond the model's positions is scored at the model's (recorded so)
+        context = min(q["context"], engine.max_positions or q["context"])
+        stride = min(q["stride"], context)
+        result["quality_protocol"] = {"context": context, "stride": stride, "text": q["text"],
+                                      "text_sha256": text_sha, "n_tokens": len(ids),
+                                      "n_bytes": scored_bytes}
+        qr = quality.perplexity(engine, ids, context, stride, n_bytes=scored_bytes)
         if not math.isfinite(qr.ppl):
             raise NonFiniteLogits("perplexity is not finite: the variant's logits overflow")
         m.update({"ppl": qr.ppl, "bpb": qr.bpb, "next_token_acc": qr.next_token_acc})

@@ -3,6 +3,7 @@ is recorded `failed` with its reason while the others complete; Ctrl-C loses not
 --resume finishes the run."""
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -32,6 +33,8 @@ def study(tmp_path):
 @pytest.mark.slow
 def test_faults_are_contained(study, tmp_path):
     cfg = study(["eager", "test-raise", "test-kill", "test-hang", "test-nan", "bf16"], timeout_s=20)
+    # a context beyond the model's 128 positions: scored at 128, and recorded so
+    cfg.write_text(cfg.read_text().replace("context = 64", "context = 1000"))
     out = tmp_path / "out"
     proc = _run(["run", str(cfg), "--out", str(out), "--quiet"], plugin_env(), tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -56,6 +59,10 @@ def test_faults_are_contained(study, tmp_path):
     assert m["top1_agree"] == 1.0 and m["kl_mean"] == pytest.approx(0.0, abs=1e-6)
     assert len(by["eager"]["samples"]["tpot_ms"]) >= 2
     assert m["ppl"] > 1.0 and results["env"]["ceilings"]["cpu"]["memory_bandwidth_gbs"] > 0
+    # bits per byte over the bytes scored: max_tokens 512 byte tokens, the first unscored
+    qp = by["eager"]["quality_protocol"]
+    assert (qp["context"], qp["stride"], qp["n_tokens"], qp["n_bytes"]) == (128, 32, 512, 512)
+    assert m["bpb"] == pytest.approx(math.log2(m["ppl"]) * 511 / 512, rel=1e-9)
 
 
 @pytest.mark.slow

@@ -25,6 +25,10 @@ def test_bpe_round_trip_from_tokenizer_json(hf_dir):
     ids = tok.encode(TEXT)
     assert tok.decode(ids) == TEXT
     assert len(ids) < len(TEXT.encode("utf-8"))  # merges were applied
+    # bytes of a prefix of the ids (bits per byte with max_tokens): cut after a whole word
+    cut = len(tok.encode(TEXT.split(" ")[0]))
+    assert tok.n_bytes(ids) == len(TEXT.encode("utf-8"))
+    assert tok.n_bytes(ids[:cut]) == len(TEXT.split(" ")[0].encode("utf-8"))
 
 
 def test_bpe_round_trip_from_vocab_and_merges(hf_dir):

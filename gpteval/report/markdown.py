@@ -181,8 +181,12 @@ def _protocols(entries: list[dict]) -> list[str]:
     for p in _distinct(entries, "quality_protocol"):
         sha = str(p.get("text_sha256") or "")[:12]
         lines.append(f"Quality protocol: context {p.get('context')}, stride {p.get('stride')}, "
-                     f"{fmt.num(p.get('n_tokens'))} tokens of text (sha256 {sha}…).")
+                     f"{fmt.num(p.get('n_tokens'))} tokens{_bytes_words(p)} of text (sha256 {sha}…).")
     return lines
+
+
+def _bytes_words(p: dict) -> str:
+    return f" ({fmt.num(p['n_bytes'])} bytes)" if p.get("n_bytes") else ""
 
 
 def _rounds_words(p: dict) -> str:
