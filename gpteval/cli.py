@@ -12,6 +12,7 @@ from pathlib import Path
 from .errors import UserError
 
 EXIT_USER = 2
+EXIT_NOTHING_MEASURED = 1  # a run whose every variant failed or was skipped: a CI job fails
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,6 +88,10 @@ def cmd_run(args) -> int:
     cfg = apply_overrides(cfg, model=args.model, variants=args.variants, device=args.device,
                           text=args.text, tasks=args.tasks, name=args.name, timeout=args.timeout,
                           rounds=args.rounds)
+    if args.tensorboard:  # before the study, not after it
+        from .report.tensorboard import require_tensorboard
+
+        require_tensorboard()
     out_dir = Path(args.out) if args.out else Path("reports") / cfg.name
     progress = None if args.quiet else RunProgress()
     state = execute(cfg, out_dir, resume=args.resume, progress=progress, argv=sys.argv[1:])
@@ -112,6 +117,10 @@ def cmd_run(args) -> int:
         print(f"interrupted: finished variants are saved; finish with "
               f"`gpteval run ... --resume --out {out_dir}`", file=sys.stderr)
         return EXIT_INTERRUPTED.get(state.interrupted_by, 130)
+    if not any(r.get("status") == "ok" for r in state.results["results"]):
+        print("gpteval: no variant was measured (each failed or was skipped; the report says "
+              "why)", file=sys.stderr)
+        return EXIT_NOTHING_MEASURED
     return 0
 
 
@@ -119,23 +128,31 @@ def cmd_compare(args) -> int:
     from .compare import compare
     from .gates import default_gates, load_gates
     from .report import load_results
+    from .report.results import write_text_atomic
 
     base, cur = load_results(Path(args.baseline)), load_results(Path(args.current))
     gates = load_gates(Path(args.gates)) if args.gates else default_gates()
     res = compare(base, cur, gates)
     text = res.render_markdown()
+    if args.out:  # before printing: a bad path is exit 2, never read as a regression (1)
+        out = Path(args.out)
+        try:
+            write_text_atomic(out, text)
+        except OSError as e:
+            raise UserError(f"{out}: cannot write the comparison there ({e.strerror}); choose "
+                            "another file with --out") from None
     print(text)
-    if args.out:
-        Path(args.out).write_text(text)
     return res.exit_code
 
 
 def cmd_report(args) -> int:
     from .report import QualityBudget, load_results, write_reports
+    from .report.results import check_writable
 
     path = Path(args.results)
-    results = load_results(path)
-    out_dir = Path(args.out) if args.out else path.parent
+    results = load_results(path)  # RESULTS may be the run's directory too
+    out_dir = Path(args.out) if args.out else (path if path.is_dir() else path.parent)
+    check_writable(out_dir)
     b = results.get("run", {}).get("config", {}).get("budget", {})
     budget = QualityBudget(**b) if b else QualityBudget()
     write_reports(results, out_dir, budget)
@@ -145,6 +162,7 @@ def cmd_report(args) -> int:
 
 def cmd_passes(args) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     import optimizers
@@ -157,7 +175,9 @@ def cmd_passes(args) -> int:
         p = cls()
         param = f"{cls.param} (default {cls.default})" if cls.param else ""
         cells = [p.available(d) or "yes" for d in ("cpu", "cuda")]
-        table.add_row(name, param, cls.summary, *[("yes" if c == "yes" else f"no: {c}") for c in cells])
+        cells = [("yes" if c == "yes" else f"no: {c}") for c in cells]
+        # escaped: "pip install 'gpteval[onnx]'" would lose its extra as rich markup
+        table.add_row(*(escape(c) for c in (name, param, cls.summary, *cells)))
     Console(width=160).print(table)
     return 0
 
@@ -180,13 +200,18 @@ def cmd_env(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .report.results import check_writable
     from .train import TrainConfig, train
 
     cfg = TrainConfig()
+    for flag, value in (("--steps", args.steps), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
     if args.steps is not None:
         cfg.steps = args.steps
     if args.threads is not None:
         cfg.threads = args.threads
+    check_writable(Path(args.out), "the checkpoint")  # before the training, not after it
     train(cfg, Path(args.out))
     return 0
 

@@ -172,6 +172,8 @@ def validation_message(err: ValidationError, where: str, text: str = "") -> str:
 def load_config(path: str | Path) -> tuple[RunConfig, str]:
     """Read and validate a TOML study; returns the config and its text."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p} is a directory; pass a TOML study file (see configs/)")
     if not p.is_file():
         raise UserError(f"{p}: no such config file; pass an existing TOML file (see configs/)")
     try:

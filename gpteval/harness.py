@@ -19,6 +19,7 @@ from pathlib import Path
 from . import __version__
 from .config import RunConfig
 from .errors import UserError
+from .report.results import check_writable
 from .runner import Job, JobRunner, Parked
 from .worker import write_json_atomic
 
@@ -83,17 +84,6 @@ def preflight(cfg: RunConfig) -> dict[str, dict]:
         facts[spec] = {"n_params": n_params, "n_positions": mc.n_positions,
                        "head_params": mc.vocab_size * mc.n_embd}
     return facts
-
-
-def check_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".gpteval-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"{out_dir}: cannot write the report there ({e.strerror}); choose "
-                        "another directory with --out") from None
 
 
 def load_for_resume(out_dir: Path, cfg: RunConfig) -> dict:

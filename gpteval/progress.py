@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -39,7 +40,8 @@ class RunProgress:
         status = result.get("status")
         style = {"ok": "green", "skipped": "yellow", "failed": "red"}.get(status, "white")
         note = f" — {result.get('reason')}" if result.get("reason") else ""
-        self._progress.console.print(f"[{style}]{status:>7}[/] {label}{note}")
+        # escaped: a reason like "pip install 'gpteval[onnx]'" is not markup
+        self._progress.console.print(f"[{style}]{status:>7}[/] {escape(label + note)}")
         self._progress.advance(self._task)
 
     def stop(self) -> None:

@@ -150,3 +150,75 @@ def test_passes_prints_its_table_without_library_noise():
                           text=True, timeout=120, check=False)
     assert proc.returncode == 0 and "fused-decode" in proc.stdout
     assert "Failed to load" not in proc.stderr and "register_constant" not in proc.stderr
+
+
+# ---- output paths checked before the work, and where `report` writes ------------------------
+def _results_file(tmp_path, name="r.json"):
+    from tests.test_report_fixtures import make_results
+
+    path = tmp_path / name
+    path.write_text(json.dumps(make_results()))
+    return path
+
+
+def _blocked(tmp_path):
+    """A path under a regular file: no directory can be made there."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    return blocker / "sub"
+
+
+def test_compare_out_not_writable_is_not_a_regression(capsys, tmp_path):
+    r = _results_file(tmp_path)
+    msg = _fails(capsys, ["compare", str(r), str(r), "--out", str(_blocked(tmp_path) / "c.md")])
+    assert "cannot write the comparison" in msg and "--out" in msg
+
+
+def test_report_out_not_writable(capsys, tmp_path):
+    msg = _fails(capsys, ["report", str(_results_file(tmp_path)), "--out", str(_blocked(tmp_path))])
+    assert "cannot write the report" in msg
+
+
+def test_report_of_a_run_directory_writes_into_it(capsys, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    _results_file(run, "results.json")
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.md").is_file() and not (tmp_path / "report.md").exists()
+    assert capsys.readouterr().out.strip() == f"report: {run / 'report.md'}"
+    # shared files keep the user's umask (mkstemp alone makes them 0600)
+    assert (run / "report.md").stat().st_mode & 0o044 == 0o044
+
+
+def test_train_checks_its_output_before_training(capsys, tmp_path):
+    assert "cannot write the checkpoint" in _fails(capsys, ["train", "--out", str(_blocked(tmp_path)),
+                                                            "--steps", "1"])
+    assert "--steps 0: must be at least 1" in _fails(capsys, ["train", "--out", str(tmp_path / "t"),
+                                                              "--steps", "0"])
+
+
+def test_config_that_is_a_directory(capsys, tmp_path):
+    assert "is a directory" in _fails(capsys, ["run", str(tmp_path)])
+
+
+def test_tensorboard_missing_is_said_before_the_run(capsys, tmp_path, ck, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    args = _run_args(tmp_path, ck) + ["--tensorboard", str(tmp_path / "tb")]
+    assert "pip install tensorboard" in _fails(capsys, args)
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_skip_reasons_keep_their_brackets_on_the_console():
+    import io
+
+    from rich.console import Console
+
+    from gpteval.progress import RunProgress
+
+    buf = io.StringIO()
+    progress = RunProgress(Console(file=buf, width=200))
+    progress.start(1, 0)
+    progress.end("bundled · onnx · cpu", {"status": "skipped",
+                                          "reason": "onnx is not installed (pip install 'gpteval[onnx]')"})
+    progress.stop()
+    assert "pip install 'gpteval[onnx]'" in buf.getvalue()

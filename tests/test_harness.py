@@ -155,3 +155,13 @@ def test_results_json_write_is_atomic(tmp_path, monkeypatch):
         write_json_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_a_run_that_measured_nothing_fails(study, tmp_path):
+    """Every variant failed: the report still says why, and the exit code tells a CI job."""
+    out = tmp_path / "out"
+    proc = _run(["run", str(study(["test-raise"])), "--out", str(out), "--quiet"], plugin_env(),
+                tmp_path)
+    assert proc.returncode == 1
+    assert "no variant was measured" in proc.stderr and "Traceback" not in proc.stderr
+    assert "broken on purpose" in (out / "report.md").read_text()

@@ -225,6 +225,19 @@ def validate(data) -> str | None:
     return None
 
 
+def check_writable(out_dir: Path, what: str = "the report") -> None:
+    """A directory the command will write into, checked before the work that fills it
+    (a run, a training): a path the user cannot write is one line and exit 2, up front."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".gpteval-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{out_dir}: cannot write {what} there ({e.strerror}); choose "
+                        "another directory with --out") from None
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write text so that a reader never sees half a file: temp file in the same folder + os.replace."""
     return write_bytes_atomic(path, text.encode("utf-8"))
@@ -235,6 +248,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a report is for sharing
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -244,6 +258,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: Path, data) -> Path:

@@ -12,13 +12,19 @@ from gpteval.errors import UserError
 from gpteval.report import results as R
 
 
-def write_tensorboard(results: dict, log_dir) -> Path:
-    """Write the ok results of `results` as TensorBoard events under log_dir; returns log_dir."""
+def require_tensorboard():
+    """torch's SummaryWriter, or the one-line error naming the package to install."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError("TensorBoard export needs the tensorboard package; install it with "
-                        "`pip install tensorboard` or leave out the TensorBoard option.") from None
+                        "`pip install tensorboard` or leave out --tensorboard") from None
+    return SummaryWriter
+
+
+def write_tensorboard(results: dict, log_dir) -> Path:
+    """Write the ok results of `results` as TensorBoard events under log_dir; returns log_dir."""
+    SummaryWriter = require_tensorboard()
     import numpy as np
 
     log_dir = Path(log_dir)
