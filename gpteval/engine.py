@@ -133,6 +133,10 @@ class TorchEngine(Engine):
     `self.decode_fn` (torch.compile); what they change is recorded in `self.notes`."""
 
     backend = "torch"
+    # Passes that replace the decode step only (compile, the fused kernel) set this, so that
+    # teacher-forced numbers (fidelity, perplexity, tasks) are that step's own, a token at a
+    # time, and not the eager forward's that generation never runs.
+    forward_by_decode = False
 
     def __init__(self, model: GPT, device: str = "cpu") -> None:
         self.model = model.to(device).eval()
@@ -179,7 +183,22 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.forward_by_decode:
+            return self._forward_token_by_token(ids)
         return self.model(ids.to(self.device)).float()
+
+    def _forward_token_by_token(self, ids: torch.Tensor) -> torch.Tensor:
+        batch, length = ids.shape
+        # the longest cache so far is kept: a compiled step is specialised to its cache's
+        # shape, so every window and task item up to that length reuses one graph
+        self.reset(batch, max(length, self.model.max_len))
+        self._pos_t = torch.zeros(1, dtype=torch.long, device=self.device)
+        out = torch.empty(batch, length, self.vocab_size, device=self.device)
+        ids = ids.to(self.device)
+        for t in range(length):
+            out[:, t] = self.decode(ids[:, t:t + 1].contiguous())
+        self._pos_t = None  # the cache holds this sequence now: generation starts afresh
+        return out
 
     def nbytes(self) -> int:
         # oneDNN-packed copies (CPU inference layout) held on top of dense weights; one whose

@@ -1,8 +1,11 @@
 """torch.compile of the decode step (after gpt-fast): the hot loop of generation.
 
 Only `decode` is compiled, with static shapes (`dynamic=False`) and `fullgraph=True`, so a
-graph break is an error rather than a silent slowdown; prefill and the teacher-forced
-forward stay eager, on CPU with the oneDNN-packed weights `eager` has.  Inductor's
+graph break is an error rather than a silent slowdown; prefill stays eager, on CPU with
+the oneDNN-packed weights `eager` has.  The teacher-forced forward (fidelity, perplexity,
+tasks) runs through the compiled step a token at a time (`forward_by_decode`), so the
+quality columns are the compiled graph's and not eager's (a window longer than the
+warm-up's cache compiles the step once more, for that cache).  Inductor's
 freezing is switched on: weights become constants that it can fold and pre-pack, which is
 valid because inference never changes them.
 
@@ -80,6 +83,9 @@ class Compile(Pass):
             warm_up(te, batch, max_len)
         seconds = time.perf_counter() - start
         te.backend = "compiled"
+        te.forward_by_decode = True
+        te.notes.append("compile: teacher-forced quality (fidelity, perplexity, tasks) runs "
+                        "through the compiled step a token at a time; prefill stays eager")
         te.notes.append(f"compile: torch.compile(decode, mode='{self.mode}', fullgraph=True, "
                         f"dynamic=False{_describe(options)}), inductor freezing on; compiled "
                         f"for batch {batch} x "

@@ -208,10 +208,11 @@ class FusedDecodeEngine(TorchEngine):
     with its projections on the kernel's weight copy (ArenaProjection, KernelHead).
 
     `forward` (teacher-forced: fidelity, perplexity, tasks) feeds the sequence through the
-    kernel a token at a time, so the quality numbers are the kernel's own, not eager's
-    (compile's forward is eager: it only compiles the step)."""
+    kernel a token at a time (`forward_by_decode`), so the quality numbers are the kernel's
+    own, not eager's."""
 
     backend = "fused"
+    forward_by_decode = True
 
     def __init__(self, te: TorchEngine, int8: bool = False) -> None:
         super().__init__(te.model, te.device)
@@ -248,17 +249,6 @@ class FusedDecodeEngine(TorchEngine):
         token = token if token.dim() == 2 else token.reshape(-1, 1)
         next_token = torch.empty(token.shape[0], 1, dtype=torch.int64)
         return self.decoder(token, self._decode_position(), next_token), next_token
-
-    @torch.inference_mode()
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        batch, length = ids.shape
-        self.reset(batch, length)
-        self._pos_t = torch.zeros(1, dtype=torch.long)
-        out = torch.empty(batch, length, self.vocab_size)
-        for t in range(length):
-            out[:, t] = self.decode(ids[:, t:t + 1])
-        self._pos_t = None  # the cache holds this sequence now: generation starts afresh
-        return out
 
     def nbytes(self) -> int:
         return super().nbytes() + self.decoder.arena.nbytes

@@ -65,3 +65,29 @@ def test_hf_peer_decodes_without_deprecated_arguments(tiny_model):
             token = want.argmax(-1, keepdim=True)
             got, want = hf.decode(token), ref.decode(token)
     assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_forward_by_decode_scores_through_the_step(tiny_model):
+    """Passes that replace the decode step only (compile) set forward_by_decode: the
+    teacher-forced logits are then that step's, a token at a time, on the longest cache
+    seen so far (a compiled step is specialised to its cache's shape)."""
+    import copy
+
+    import torch
+
+    ids = torch.randint(0, tiny_model.config.vocab_size, (1, 9),
+                        generator=torch.Generator().manual_seed(0))
+    want = TorchEngine(copy.deepcopy(tiny_model)).forward(ids)
+    e = TorchEngine(tiny_model)
+    e.forward_by_decode = True
+    torch.testing.assert_close(e.forward(ids), want, rtol=0, atol=1e-5)
+    step, shapes = e.decode_fn, []
+
+    def marked_step(token, pos):  # a step whose logits differ from eager's by 1
+        shapes.append(tuple(e.model.transformer.h[0].attn.kv_cache.k.shape))
+        return step(token, pos) + 1.0
+
+    e.decode_fn = marked_step
+    e.reset(1, 16)
+    torch.testing.assert_close(e.forward(ids), want + 1.0, rtol=0, atol=1e-5)
+    assert len(shapes) == 9 and set(shapes) == {shapes[0]} and shapes[0][2] == 16

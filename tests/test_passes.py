@@ -99,6 +99,7 @@ def test_pass_matches_eager(name, tmp_path):
     assert torch.isfinite(got_full).all() and torch.isfinite(got_seq).all()
     if name == "compile":  # what freezing holds beside the weights is said, measured
         assert any("resident memory grew by" in n for n in engine.notes), engine.notes
+        assert engine.forward_by_decode  # its quality numbers are the compiled step's
     tolerance = passes[-1].tolerance
     if tolerance is None:
         # no parity promised (pruning changes the function); its own KV cache must agree
