@@ -226,3 +226,24 @@ def test_the_roofline_cell_adds_the_paired_roofline_where_it_was_measured():
     assert _roofline_cell({"roofline_pct": 71.26, "roofline_paired_pct": 84.04}) == \
         "71.3 (84.0 paired)"
     assert _roofline_cell({"roofline_pct": 71.26, "roofline_paired_pct": None}) == "71.3"
+
+
+def test_quality_section_shows_every_quality_metric_and_task(results):
+    """The summary has room for ppl, top-1 and KL; bpb, next-token and task accuracy, the
+    largest logit difference and the first greedy divergence are in their own table."""
+    text = render_markdown(results)
+    section = text[text.index("## Quality and fidelity"):text.index("## Plots")]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    assert lines[0] == ("| model | variant | device | ppl | bpb | next-token acc | top-1 | KL | "
+                        "max abs logit diff | acc_cloze | first divergence |")
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:3]): line for line in lines[2:]}
+    bundled = next(e for e in results["results"]
+                   if (e["model"], e["variant"]) == ("bundled", "eager"))["metrics"]
+    eager = rows[("bundled", "eager", "cpu")]
+    assert f"| {bundled['bpb']:.4f} |" in eager and f"| {bundled['acc_cloze']:.3f} |" in eager
+    assert eager.endswith("| none |")  # generation agreed throughout
+    # random weights: no ppl, bpb or task accuracy, fidelity still measured
+    random_row = rows[("gpt2-random", "eager", "cpu")]
+    assert random_row.split("|")[4].strip() == "—" and random_row.endswith("| none |")
+    # failed and skipped variants have no row
+    assert ("bundled", "tensorrt", "cpu") not in rows

@@ -52,6 +52,9 @@ DEFINITIONS = (
     ("top-1 (top1_agree)", "fraction of positions where the variant's argmax token equals `eager`'s."),
     ("KL (kl_mean)", "mean KL(eager ‖ variant) of the next-token distributions, in nats."),
     ("max_abs_logit_diff", "largest absolute logit difference from `eager`."),
+    ("first_divergence", ("index of the first greedy-generated token (of quality.generate_tokens "
+                         "after the latency prompt) that differs from `eager`'s; none: every "
+                         "one agreed.")),
     ("roofline %", ("achieved weight bandwidth (bytes of weights one decode step reads — "
                    "embedding tables only gathered are left out — × decode steps/s) over this "
                    "device's measured memory bandwidth: the best of a GEMV, a reduction and a copy over "
@@ -93,6 +96,13 @@ BATCH_DEFINITION = (
 # (metric, column title, digits) of the Batch sizes table, repeated for every batch size
 BATCH_COLUMNS = (("decode_tok_s", "decode tok/s", 1), ("tpot_ms", "tpot_ms", 2),
                  ("ttft_ms", "TTFT ms", 2), ("roofline_pct", "roofline %", 1))
+
+# (metric, column title, format) of the Quality and fidelity table; acc_<task> columns follow
+QUALITY_COLUMNS = (("ppl", "ppl", lambda v: fmt.num(v, 3)), ("bpb", "bpb", lambda v: fmt.num(v, 4)),
+                   ("next_token_acc", "next-token acc", lambda v: fmt.num(v, 3)),
+                   ("top1_agree", "top-1", lambda v: fmt.num(v, 3)),
+                   ("kl_mean", "KL", lambda v: fmt.sig(v, 3)),
+                   ("max_abs_logit_diff", "max abs logit diff", lambda v: fmt.sig(v, 3)))
 
 SUMMARY_HEADER = ["variant", "device", "status", "decode tok/s", "speedup vs eager (95 % CI)", "TTFT ms",
                   "peak RSS MB", "weights MB", "ppl", "Δppl", "top-1", "KL", "roofline %", "verdict"]
@@ -256,6 +266,32 @@ def batch_section(rows: list[dict], entries: list[dict]) -> list[str]:
     return out + ([""] if out[-1] else [])
 
 
+def quality_section(rows: list[dict], entries: list[dict]) -> list[str]:
+    """The "Quality and fidelity" section: every quality metric of each ok variant, task
+    accuracies included (the summary table has room for ppl, top-1 and KL only)."""
+    by_key = {R.key(e): e for e in entries}
+    ok = [by_key[(r["model"], r["variant"], r["device"])] for r in rows if r["status"] == "ok"]
+    if not ok:
+        return []
+    tasks = sorted({m for e in ok for m in (e.get("metrics") or {})
+                    if m.startswith("acc_") and R.metric(e, m) is not None})
+    header = (["model", "variant", "device"] + [title for _, title, _ in QUALITY_COLUMNS] + tasks
+              + ["first divergence"])
+    table = []
+    for e in ok:
+        cells = [e["model"], e["variant"], e["device"]]
+        cells += [show(R.metric(e, name)) for name, _, show in QUALITY_COLUMNS]
+        cells += [fmt.num(R.metric(e, t), 3) for t in tasks]
+        first = R.metric(e, "first_divergence")
+        if first is not None:
+            cells.append(fmt.num(int(first)))
+        else:  # none: generation agreed throughout; a dash where fidelity was not measured
+            cells.append("none" if R.metric(e, "top1_agree") is not None else fmt.num(None))
+        table.append(cells)
+    return ["## Quality and fidelity", "",
+            fmt.md_table(header, table, align="lll" + "r" * (len(header) - 3)), ""]
+
+
 # the environment block's first rows, in this order (other keys follow the ceilings)
 ENV_ROWS = ("cpu", "cpu_id", "cpu_isa", "cores", "threads", "ram_gb", "os", "python",
             "git_commit")
@@ -310,6 +346,7 @@ def render_markdown(results: dict, budget: QualityBudget | None = None, plots: b
         out += _model_section(model, [r for r in rows if r["model"] == model],
                               [e for e in entries if e["model"] == model])
     out += batch_section(rows, entries)
+    out += quality_section(rows, entries)
     if plots and any(e["status"] == "ok" for e in entries):
         out += ["## Plots", ""]
         for stem, caption in PLOTS:
