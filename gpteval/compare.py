@@ -31,6 +31,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from gpteval.env import same_cpu
+from gpteval.errors import UserError, did_you_mean
 from gpteval.gates import Gates, RatioGate, Tolerance
 from gpteval.measure import host
 from gpteval.report import fmt
@@ -232,9 +233,50 @@ def _ratio_rows(gate: RatioGate, baseline: dict, current: dict) -> list[Row]:
     return rows
 
 
+def _check_gate_variants(gates: Gates, baseline: dict, current: dict) -> None:
+    """A ratio gate naming a variant that neither run has is a typo in the gate file (exit 2),
+    not a regression (exit 1)."""
+    known = R.order_of_appearance(e["variant"] for run in (baseline, current)
+                                  for e in run["results"])
+    for gate in gates.ratio:
+        for name in (gate.variant, gate.over):
+            if name not in known:
+                raise UserError(f"gate file: a ratio gate names variant '{name}', which neither "
+                                f"run has (they have {', '.join(known)}); fix the name in the "
+                                f"gate file.{did_you_mean(name, known)}")
+
+
+# what a run's setup is, by block: (key, words) of the fields that make two runs comparable
+SETUP_FIELDS = (("latency_protocol", (("batch", "batch"), ("prompt_len", "prompt tokens"),
+                                      ("new_tokens", "new tokens"))),
+                ("quality_protocol", (("context", "quality context"), ("stride", "stride"),
+                                      ("n_tokens", "tokens scored"),
+                                      ("text_sha256", "evaluation text (sha256)"))))
+
+
+def _setup_notes(baseline: dict, current: dict) -> list[str]:
+    """A note naming each setup field (prompt length, tokens scored, ...) whose value differs
+    between the runs: their numbers then differ by the setup as well as by the code."""
+    def values(run, block, key):  # a text's hash shortened as the report shows it
+        return {str(e[block][key])[:12] for e in run["results"]
+                if e["status"] == "ok" and (e.get(block) or {}).get(key) is not None}
+
+    differs = []
+    for block, fields in SETUP_FIELDS:
+        for key, words in fields:
+            b, c = values(baseline, block, key), values(current, block, key)
+            if b and c and b != c:
+                differs.append(f"{words} {', '.join(sorted(b))} → {', '.join(sorted(c))}")
+    if not differs:
+        return []
+    return [f"The runs measured different setups ({'; '.join(differs)}): their differences "
+            "are partly the setup's, not the code's; compare runs of the same config."]
+
+
 def compare(baseline: dict, current: dict, gates: Gates | None = None) -> CompareResult:
     """Every check of `gates` on current against baseline (both validated results dicts)."""
     gates = gates or Gates()
+    _check_gate_variants(gates, baseline, current)
     base = {R.key(e): e for e in baseline["results"]}
     cur = {R.key(e): e for e in current["results"]}
     rows: list[Row] = []
@@ -269,6 +311,7 @@ def compare(baseline: dict, current: dict, gates: Gates | None = None) -> Compar
     if dropped:
         notes.append(f"Batch size {', '.join(map(str, dropped))} was measured in the baseline only: "
                      "not compared.")
+    notes += _setup_notes(baseline, current)
     if not gates.absolute:
         notes.append("Absolute speed was not compared (absolute = false): only ratios inside each run.")
     elif not same_cpu(baseline.get("env"), current.get("env")):

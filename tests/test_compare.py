@@ -258,3 +258,26 @@ def test_bad_gate_files_are_user_errors(tmp_path, text, words):
 def test_missing_gate_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="nope.toml"):
         load_gates(tmp_path / "nope.toml")
+
+
+def test_a_ratio_gate_on_a_variant_neither_run_has_is_a_user_error():
+    """A typo in the gate file is exit 2 with the likely name, not a 'missing' regression."""
+    base = make_results(0)
+    gates = Gates(absolute=False, ratio=[RatioGate(variant="int8-dynamc", over="eager", min=1.0)])
+    with pytest.raises(UserError, match="'int8-dynamc'.*Did you mean: int8-dynamic"):
+        compare(base, make_results(1), gates)
+    # a variant the baseline has and the current run lost is still a regression
+    cur = make_results(1, variants=["eager", "bf16"])
+    gates = Gates(absolute=False, ratio=[RatioGate(variant="int8-dynamic", over="eager", min=1.0)])
+    assert compare(base, cur, gates).exit_code == 1
+
+
+def test_runs_of_different_setups_are_said_to_differ():
+    base, cur = make_results(0), make_results(1)
+    assert not any("different setups" in n for n in compare(base, cur).notes)
+    for e in cur["results"]:
+        if e["status"] == "ok":
+            e["latency_protocol"]["prompt_len"] = 64
+            e["quality_protocol"]["n_tokens"] = 2048
+    (note,) = [n for n in compare(base, cur).notes if "different setups" in n]
+    assert "prompt tokens 32 → 64" in note and "tokens scored 4096 → 2048" in note
