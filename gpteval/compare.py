@@ -269,8 +269,8 @@ def _setup_notes(baseline: dict, current: dict) -> list[str]:
                 differs.append(f"{words} {', '.join(sorted(b))} → {', '.join(sorted(c))}")
     if not differs:
         return []
-    return [f"The runs measured different setups ({'; '.join(differs)}): their differences "
-            "are partly the setup's, not the code's; compare runs of the same config."]
+    return [(f"The runs measured different setups ({'; '.join(differs)}): their differences "
+             "are partly the setup's, not the code's; compare runs of the same config.")]
 
 
 def compare(baseline: dict, current: dict, gates: Gates | None = None) -> CompareResult:
