@@ -247,3 +247,12 @@ def test_quality_section_shows_every_quality_metric_and_task(results):
     assert random_row.split("|")[4].strip() == "—" and random_row.endswith("| none |")
     # failed and skipped variants have no row
     assert ("bundled", "tensorrt", "cpu") not in rows
+
+
+def test_labels_of_close_pareto_points_are_stacked():
+    from gpteval.report.plots import label_offsets
+
+    # two variants at the same quality and speed, one far away
+    offsets = label_offsets([(0.0, 1000.0), (0.01, 1005.0), (5.0, 3000.0)])
+    assert offsets[0] == 4.0 and offsets[1] == offsets[0] - 10.0 and offsets[2] == 4.0
+    assert label_offsets([(1.0, 1.0)]) == [4.0]

@@ -21,7 +21,7 @@ from gpteval.report.verdict import (
 PLOTS = (
     ("pareto", ("Speed against quality: decode tok/s against the quality lost vs eager "
                "(ppl Δ %, or KL when perplexity is not measured); the line joins the Pareto front.")),
-    ("latency", ("Distribution of single decode-step times per variant "
+    ("latency", ("Distribution of single decode-step times per variant, on a log scale "
                 "(box: quartiles, whiskers: 1.5 IQR).")),
     ("memory", "Peak resident memory of each variant's process and the size of its weights."),
 )

@@ -96,6 +96,25 @@ def pareto_front(points: list[tuple]) -> list[tuple]:
     return front
 
 
+def label_offsets(xy: list[tuple[float, float]], near: float = 0.06, step: float = 10.0) -> list[float]:
+    """Vertical offsets (points) for the labels of points xy: a point within `near` of
+    another's place (as a fraction of the axis spans) gets its label a step lower than the
+    lowest one there, so that labels of close points (variants of equal quality and speed)
+    do not print over each other."""
+    xs, ys = [p[0] for p in xy], [p[1] for p in xy]
+    span_x = (max(xs) - min(xs)) or 1.0 if xy else 1.0
+    span_y = (max(ys) - min(ys)) or 1.0 if xy else 1.0
+    placed: list[tuple[float, float, float]] = []
+    out = []
+    for x, y in xy:
+        crowd = [dy for px, py, dy in placed
+                 if abs(px - x) / span_x < near and abs(py - y) / span_y < near]
+        dy = min(crowd) - step if crowd else 4.0
+        placed.append((x, y, dy))
+        out.append(dy)
+    return out
+
+
 def plot_pareto(results: dict, path: Path, budget: QualityBudget | None = None) -> Path:
     data = pareto_points(results, budget)
     fig, axes = _figure(len(data))
@@ -105,10 +124,11 @@ def plot_pareto(results: dict, path: Path, budget: QualityBudget | None = None) 
               "unjudged": "tab:gray"}
     groups = {(m, d): es for m, d, es in _groups(results)}
     for ax, ((model, device), (axis, points)) in zip(axes, data.items()):
-        for variant, x, y, verdict, recommended in points:
+        offsets = label_offsets([(x, y) for _, x, y, _, _ in points])
+        for (variant, x, y, verdict, recommended), dy in zip(points, offsets):
             ax.scatter([x], [y], s=140 if recommended else 50, marker="*" if recommended else "o",
                        color=colors.get(verdict, "tab:gray"), zorder=3)
-            ax.annotate(variant, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.annotate(variant, (x, y), textcoords="offset points", xytext=(5, dy), fontsize=8)
         front = pareto_front(points)
         if len(front) > 1:
             ax.plot([p[1] for p in front], [p[2] for p in front], color="0.5", linestyle="--", zorder=2)
@@ -136,9 +156,12 @@ def plot_latency(results: dict, path: Path) -> Path:
         new_api = "orientation" in inspect.signature(ax.boxplot).parameters
         kw = {"orientation": "horizontal"} if new_api else {"vert": False}
         ax.boxplot(boxes, flierprops={"markersize": 2}, **kw)
+        # log: variants an order of magnitude apart, and a host's stray 50 ms step, would
+        # leave the fast variants' boxes a few pixels wide on a linear axis
+        ax.set_xscale("log")
         ax.set_yticks(range(1, len(entries) + 1), [e["variant"] for e in entries])
         ax.set_title(_title(model, device, entries))
-        ax.set_xlabel("decode step ms (lower is better)")
+        ax.set_xlabel("decode step ms, log scale (lower is better)")
         ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, path)
 
