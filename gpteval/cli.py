@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="run name")
     r.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
     r.add_argument("--timeout", type=_positive_float, help="per-variant time limit, seconds")
-    r.add_argument("--rounds", type=int, metavar="N", help="interleaved latency rounds "
+    r.add_argument("--rounds", type=_positive_int, metavar="N", help="interleaved latency rounds "
                    "(latency.rounds): measure every variant of a model in turn N times, pooled")
     r.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars there")
     r.add_argument("--quiet", action="store_true", help="print only errors and the report path")
@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train the bundled model on the bundled corpus")
     t.add_argument("--out", required=True, help="checkpoint directory to write")
-    t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--steps", type=_positive_int, default=None)
+    t.add_argument("--threads", type=_positive_int, default=None)
     return p
 
 
@@ -75,6 +75,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"'{text}' must be more than 0 seconds")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
     return value
 
 
@@ -204,9 +214,6 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, train
 
     cfg = TrainConfig()
-    for flag, value in (("--steps", args.steps), ("--threads", args.threads)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} {value}: must be at least 1")
     if args.steps is not None:
         cfg.steps = args.steps
     if args.threads is not None:

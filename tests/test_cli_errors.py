@@ -193,8 +193,16 @@ def test_report_of_a_run_directory_writes_into_it(capsys, tmp_path):
 def test_train_checks_its_output_before_training(capsys, tmp_path):
     assert "cannot write the checkpoint" in _fails(capsys, ["train", "--out", str(_blocked(tmp_path)),
                                                             "--steps", "1"])
-    assert "--steps 0: must be at least 1" in _fails(capsys, ["train", "--out", str(tmp_path / "t"),
-                                                              "--steps", "0"])
+
+
+@pytest.mark.parametrize("argv", [["train", "--out", "t", "--steps", "0"],
+                                  ["train", "--out", "t", "--threads", "-1"],
+                                  ["run", "--rounds", "0"]])
+def test_counts_below_one_are_refused_by_the_flag(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "must be at least 1" in err and len(err.splitlines()) == 1
 
 
 def test_config_that_is_a_directory(capsys, tmp_path):
