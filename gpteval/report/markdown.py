@@ -336,7 +336,7 @@ def render_markdown(results: dict, budget: QualityBudget | None = None, plots: b
     if any(facts):
         out += [" · ".join(f for f in facts if f), ""]
     if run.get("interrupted"):
-        out += ["> **Interrupted run:** some variants were not measured; the tables show what finished.",
+        out += ["> **Interrupted run:** some variants or latency rounds were not measured; the tables show what finished.",
                 ""]
     out += [(f"Quality budget: {budget.describe()} (same model, same device). "
             "Rows are sorted by decode speed; the recommended variant is in bold."), ""]
