@@ -2,8 +2,10 @@
 
 The decode step is compiled with `torch.compile(backend="torch_tensorrt")` (the dynamo
 frontend): TensorRT builds engines for the subgraphs it supports and PyTorch runs the
-rest, which here includes the in-place KV-cache writes.  Prefill and the teacher-forced
-forward stay in PyTorch at the same precision.
+rest, which here includes the in-place KV-cache writes.  Prefill stays in PyTorch at the
+same precision; the teacher-forced forward (fidelity, perplexity, tasks) runs through the
+compiled step a token at a time (`forward_by_decode`), so the quality columns are
+TensorRT's, as compile's are inductor's.
 
 Written against the documented API (docs.pytorch.org/TensorRT, "TensorRT Backend for
 torch.compile" and CompilationSettings) and not run by gpteval's own CI, which has no
@@ -52,6 +54,7 @@ class TensorRT(Pass):
             te.model.decode, backend="torch_tensorrt", dynamic=False,
             options={"enabled_precisions": {self.precision}, "min_block_size": 1})
         te.backend = "tensorrt"
+        te.forward_by_decode = True
         batch, max_len = warmup_shape(ctx, te.max_positions)
         start = time.perf_counter()
         warm_up(te, batch, max_len)  # TensorRT builds its engines at the first call
