@@ -164,9 +164,17 @@ def test_rounds_out_of_range_on_the_command_line_is_one_clear_error(capsys, tmp_
     ck = tiny_checkpoint(tmp_path / "ck")
     cfg = tmp_path / "s.toml"
     cfg.write_text(study_toml(ck, ["eager"]))
-    assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet", "--rounds", "0"]) == 2
+    args = ["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet", "--rounds"]
+    # above the config's limit: the config's own message
+    assert main(args + ["21"]) == 2
     err = capsys.readouterr().err.strip()
     assert "latency.rounds" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    # below one: the flag refuses it
+    with pytest.raises(SystemExit) as info:
+        main(args + ["0"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "--rounds" in err and "must be at least 1" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_each_round_is_held_to_the_bandwidth_measured_beside_it(monkeypatch):
