@@ -102,8 +102,8 @@ def label_offsets(xy: list[tuple[float, float]], near: float = 0.06, step: float
     lowest one there, so that labels of close points (variants of equal quality and speed)
     do not print over each other."""
     xs, ys = [p[0] for p in xy], [p[1] for p in xy]
-    span_x = (max(xs) - min(xs)) or 1.0 if xy else 1.0
-    span_y = (max(ys) - min(ys)) or 1.0 if xy else 1.0
+    span_x = ((max(xs) - min(xs)) or 1.0) if xy else 1.0  # one point, or all in a line
+    span_y = ((max(ys) - min(ys)) or 1.0) if xy else 1.0
     placed: list[tuple[float, float, float]] = []
     out = []
     for x, y in xy:
