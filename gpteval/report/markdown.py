@@ -238,13 +238,18 @@ def _model_section(model: str, rows: list[dict], entries: list[dict]) -> list[st
     return out
 
 
+def _ok_entries(rows: list[dict], entries: list[dict]) -> list[dict]:
+    """The results entries of the ok summary rows, in the rows' order (by speed)."""
+    by_key = {R.key(e): e for e in entries}
+    return [by_key[(r["model"], r["variant"], r["device"])] for r in rows if r["status"] == "ok"]
+
+
 def batch_section(rows: list[dict], entries: list[dict]) -> list[str]:
     """The "Batch sizes" section: one row per ok model × variant × device with BATCH_COLUMNS at
     every batch size of the run; nothing when every result has one batch size."""
     if not R.several_batches(entries):
         return []
-    by_key = {R.key(e): e for e in entries}
-    ok = [by_key[(r["model"], r["variant"], r["device"])] for r in rows if r["status"] == "ok"]
+    ok = _ok_entries(rows, entries)
     sizes = R.order_of_appearance(b for e in ok for b in R.batches(e.get("latency_protocol")))
     header = ["model", "variant", "device"] + [f"{title} (batch {b})" for b in sizes
                                                for _, title, _ in BATCH_COLUMNS]
@@ -269,8 +274,7 @@ def batch_section(rows: list[dict], entries: list[dict]) -> list[str]:
 def quality_section(rows: list[dict], entries: list[dict]) -> list[str]:
     """The "Quality and fidelity" section: every quality metric of each ok variant, task
     accuracies included (the summary table has room for ppl, top-1 and KL only)."""
-    by_key = {R.key(e): e for e in entries}
-    ok = [by_key[(r["model"], r["variant"], r["device"])] for r in rows if r["status"] == "ok"]
+    ok = _ok_entries(rows, entries)
     if not ok:
         return []
     tasks = sorted({m for e in ok for m in (e.get("metrics") or {})
