@@ -23,18 +23,19 @@ static inline int is_nan(float v) { return v != v; }
 static Best first_max(const float *x, int64_t n, int64_t base) {
     Best r = {x[0], 0};
     int64_t j = 0, nan = 0;
-    if (n >= NB) {
-        const vi16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-        v16 bv = LOAD(x);
-        vi16 bi = lane, seen = (vi16)(bv != bv);
-        for (j = NB; j + NB <= n; j += NB) {
-            v16 v = LOAD(x + j);
-            vi16 gt = (vi16)(v > bv); /* strict: a lane keeps its first maximum */
+    if (n >= VW) { /* VW lanes, each the first largest of its own positions */
+        vif lane;
+        for (int k = 0; k < VW; k++) lane[k] = k;
+        vf bv = LOAD(x);
+        vif bi = lane, seen = (vif)(bv != bv);
+        for (j = VW; j + VW <= n; j += VW) {
+            vf v = LOAD(x + j);
+            vif gt = (vif)(v > bv); /* strict: a lane keeps its first maximum */
             bv = vselect(gt, v, bv);
             bi = (bi & ~gt) | ((lane + (int32_t)j) & gt);
-            seen |= (vi16)(v != v);
+            seen |= (vif)(v != v);
         }
-        for (int k = 0; k < NB; k++) {
+        for (int k = 0; k < VW; k++) {
             nan |= seen[k];
             if (bv[k] > r.v || (bv[k] == r.v && bi[k] < r.i)) r = (Best){bv[k], bi[k]};
         }

@@ -38,7 +38,7 @@
 #include <omp.h>
 
 #include "fused_argmax.h" /* Best, first_max, first_max_of */
-#include "fused_math.h"   /* NB, v16, LOAD, vexp, vgelu_tanh */
+#include "fused_math.h"   /* NB, VW, NV, vf, LOAD, vexp, vgelu_tanh, hsum_nb */
 #include "fused_gemv.h"   /* gemv_panel_rows, gemv_rows_block_rows, panel_f; wt, WLOAD */
 #include "fused_steal.h"  /* Span, items_begin, next_item: work stealing */
 
@@ -83,21 +83,14 @@ typedef struct {
     const float *s_head; /* int8 weights: the head's scale per vocabulary column, else NULL */
 } Model;
 
-typedef float v8 __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
-
-static inline float hsum(v16 v) { /* a tree, not a 16-long chain of dependent adds */
-    v8 lo, hi;
-    memcpy(&lo, &v, sizeof lo);
-    memcpy(&hi, (const char *)&v + sizeof lo, sizeof hi);
-    v8 s = lo + hi;
-    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-}
-
 static inline float sum(const float *a, int64_t n) {
-    v16 acc = {0};
+    vf acc[NV] = {{0}};
+    float lanes[NB];
     int64_t i = 0;
-    for (; i + NB <= n; i += NB) acc += LOAD(a + i);
-    float s = hsum(acc);
+    for (; i + NB <= n; i += NB)
+        for (int h = 0; h < NV; h++) acc[h] += LOAD(a + i + h * VW);
+    memcpy(lanes, acc, sizeof lanes);
+    float s = hsum_nb(lanes);
     for (; i < n; i++) s += a[i];
     return s;
 }
@@ -112,11 +105,11 @@ static void layer_norm(const float *x, const float *w, const float *b, int64_t n
 }
 
 /* GPT-2's gelu (tanh form, fused_math.h) over h[0..n) after the scale (int8 weights,
- * else NULL) and the bias; n: a multiple of NB. */
+ * else NULL) and the bias; n: a multiple of VW. */
 static void gelu_tanh_block(float *h, const float *scale, const float *bias, int64_t n) {
-    for (int64_t j = 0; j < n; j += NB) {
-        v16 y = scale ? LOAD(h + j) * LOAD(scale + j) : LOAD(h + j);
-        v16 g = vgelu_tanh(y + LOAD(bias + j));
+    for (int64_t j = 0; j < n; j += VW) {
+        vf y = scale ? LOAD(h + j) * LOAD(scale + j) : LOAD(h + j);
+        vf g = vgelu_tanh(y + LOAD(bias + j));
         memcpy(h + j, &g, sizeof g);
     }
 }
@@ -125,8 +118,8 @@ static void gelu_tanh_block(float *h, const float *scale, const float *bias, int
 static void softmax(float *scores, int64_t n) {
     float mx = -INFINITY;
     for (int64_t p = 0; p < n; p++) mx = scores[p] > mx ? scores[p] : mx;
-    for (int64_t p = 0; p < n; p += NB) {
-        v16 e = vexp(LOAD(scores + p) - mx);
+    for (int64_t p = 0; p < n; p += VW) {
+        vf e = vexp(LOAD(scores + p) - mx);
         memcpy(scores + p, &e, sizeof e);
     }
     float denom = sum(scores, n), inv = 1.f / denom;
@@ -138,21 +131,15 @@ static void softmax(float *scores, int64_t n) {
 static void weighted_rows(const float *scores, const float *v, int64_t n, int64_t hs, float *yh) {
     int64_t c = 0;
     for (; c + 4 * NB <= hs; c += 4 * NB) {
-        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        vf a[4 * NV] = {{0}}; /* 4 NB-wide chunks */
         for (int64_t p = 0; p < n; p++) {
             const float *vp = v + p * hs + c;
-            a0 += scores[p] * LOAD(vp);
-            a1 += scores[p] * LOAD(vp + NB);
-            a2 += scores[p] * LOAD(vp + 2 * NB);
-            a3 += scores[p] * LOAD(vp + 3 * NB);
+            for (int j = 0; j < 4 * NV; j++) a[j] += scores[p] * LOAD(vp + j * VW);
         }
-        memcpy(yh + c, &a0, sizeof a0);
-        memcpy(yh + c + NB, &a1, sizeof a1);
-        memcpy(yh + c + 2 * NB, &a2, sizeof a2);
-        memcpy(yh + c + 3 * NB, &a3, sizeof a3);
+        memcpy(yh + c, a, sizeof a);
     }
-    for (; c < hs; c += NB) {
-        v16 acc = {0};
+    for (; c < hs; c += VW) { /* hs is a multiple of NB (fused_layout.py) */
+        vf acc = {0};
         for (int64_t p = 0; p < n; p++) acc += scores[p] * LOAD(v + p * hs + c);
         memcpy(yh + c, &acc, sizeof acc);
     }
@@ -194,13 +181,13 @@ static void reduce_partials(const Model *m, const float *part, int64_t items,
         float *xb = x + b * m->C;
         for (int64_t u = 0; u < items; u++) {
             const float *p = part + u * BC + b * m->C;
-            for (int64_t c = 0; c < m->C; c += NB) { /* int8: each partial scaled */
-                v16 acc = LOAD(xb + c) + (scale ? LOAD(p + c) * LOAD(scale + c) : LOAD(p + c));
+            for (int64_t c = 0; c < m->C; c += VW) { /* int8: each partial scaled */
+                vf acc = LOAD(xb + c) + (scale ? LOAD(p + c) * LOAD(scale + c) : LOAD(p + c));
                 memcpy(xb + c, &acc, sizeof acc);
             }
         }
-        for (int64_t c = 0; c < m->C; c += NB) {
-            v16 acc = LOAD(xb + c) + LOAD(bias + c);
+        for (int64_t c = 0; c < m->C; c += VW) {
+            vf acc = LOAD(xb + c) + LOAD(bias + c);
             memcpy(xb + c, &acc, sizeof acc);
         }
     }
@@ -246,8 +233,10 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
              * math ~25 % longer on one core, a gpt2 step 0.5 %: 2 x 40 paired A/B runs.) */
             for (int64_t p = 0; p <= pos; p += NB) {
                 panel_f(q, kt + (p / NB) * hs * NB, hs, scores + p);
-                v16 s = LOAD(scores + p) * scale;
-                memcpy(scores + p, &s, sizeof s);
+                for (int v = 0; v < NV; v++) {
+                    vf s = LOAD(scores + p + v * VW) * scale;
+                    memcpy(scores + p + v * VW, &s, sizeof s);
+                }
             }
             softmax(scores, pos + 1);
             weighted_rows(scores, vc, pos + 1, hs, yh + b * hs);

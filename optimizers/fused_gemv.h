@@ -10,30 +10,37 @@
 
 /* Several sequences (a batch) through the same weights: R rows of x (R <= 4, ldx floats
  * apart) against one panel, the panel's lines loaded once for all of them.  Each row gets
- * the same four accumulators in the same order, so a sequence's logits are the same bits
- * at any batch size.  R is a constant after inlining (ROWS_DISPATCH), so a[][] stays in
- * registers (16 of them at R = 4).  Two copies: panel_dots over weights (wt, WLOAD) and
- * panel_dots_f over float panels (the attention's keys, whatever the weights are). */
+ * the same four accumulators (of NV vectors each) in the same order, so a sequence's
+ * logits are the same bits at any batch size.  R is a constant after inlining
+ * (ROWS_DISPATCH), so a[][][] stays in registers (16 zmm at R = 4 with AVX-512; with AVX2
+ * the 8 ymm of R = 1 do, larger batches spill some).  Two copies: panel_dots over weights
+ * (wt, WLOAD) and panel_dots_f over float panels (the attention's keys, whatever the
+ * weights are). */
 #define DEFINE_PANEL_DOTS(NAME, T, LD, PF)                                                  \
     static inline __attribute__((always_inline)) void NAME(const float *x, int64_t ldx,     \
                                                            int R, const T *w, int64_t K,    \
-                                                           v16 a[4][4]) {                   \
-        for (int r = 0; r < R; r++) a[r][0] = a[r][1] = a[r][2] = a[r][3] = (v16){0};      \
+                                                           vf a[4][4][NV]) {                \
+        for (int r = 0; r < R; r++)                                                         \
+            for (int h = 0; h < NV; h++) a[r][0][h] = a[r][1][h] = a[r][2][h] = a[r][3][h] = (vf){0}; \
         int64_t i = 0;                                                                      \
         for (; i + 4 <= K; i += 4) {                                                        \
             PF(w + i * NB);                                                                 \
-            v16 w0 = LD(w + i * NB), w1 = LD(w + (i + 1) * NB);                             \
-            v16 w2 = LD(w + (i + 2) * NB), w3 = LD(w + (i + 3) * NB);                       \
-            for (int r = 0; r < R; r++) {                                                   \
-                const float *xr = x + r * ldx;                                              \
-                a[r][0] += xr[i] * w0;                                                      \
-                a[r][1] += xr[i + 1] * w1;                                                  \
-                a[r][2] += xr[i + 2] * w2;                                                  \
-                a[r][3] += xr[i + 3] * w3;                                                  \
+            for (int h = 0; h < NV; h++) {                                                  \
+                const T *wh = w + i * NB + h * VW;                                          \
+                vf w0 = LD(wh), w1 = LD(wh + NB), w2 = LD(wh + 2 * NB), w3 = LD(wh + 3 * NB); \
+                for (int r = 0; r < R; r++) {                                               \
+                    const float *xr = x + r * ldx;                                          \
+                    a[r][0][h] += xr[i] * w0;                                               \
+                    a[r][1][h] += xr[i + 1] * w1;                                           \
+                    a[r][2][h] += xr[i + 2] * w2;                                           \
+                    a[r][3][h] += xr[i + 3] * w3;                                           \
+                }                                                                           \
             }                                                                               \
         }                                                                                   \
         for (; i < K; i++)                                                                  \
-            for (int r = 0; r < R; r++) a[r][0] += x[r * ldx + i] * LD(w + i * NB);        \
+            for (int h = 0; h < NV; h++)                                                    \
+                for (int r = 0; r < R; r++)                                                 \
+                    a[r][0][h] += x[r * ldx + i] * LD(w + i * NB + h * VW);                 \
     }
 #define NO_PREFETCH(p) ((void)0)
 DEFINE_PANEL_DOTS(panel_dots, wt, WLOAD, WPREFETCH)
@@ -41,22 +48,25 @@ DEFINE_PANEL_DOTS(panel_dots_f, float, LOAD, NO_PREFETCH)
 
 /* out[0..NB) = x[0..K) @ a float panel (K rows of NB): the attention's 16 scores */
 static inline void panel_f(const float *x, const float *w, int64_t K, float *out) {
-    v16 a[4][4];
+    vf a[4][4][NV];
     panel_dots_f(x, 0, 1, w, K, a);
-    v16 s = (a[0][0] + a[0][1]) + (a[0][2] + a[0][3]);
-    memcpy(out, &s, sizeof s);
+    for (int h = 0; h < NV; h++) {
+        vf s = (a[0][0][h] + a[0][1][h]) + (a[0][2][h] + a[0][3][h]);
+        memcpy(out + h * VW, &s, sizeof s);
+    }
 }
 
 /* out + r * ldo = (x + r * ldx) @ panel (K rows of NB floats), for R rows */
 static inline __attribute__((always_inline)) void panel_R(const float *x, int64_t ldx, int R,
                                                           const wt *w, int64_t K, float *out,
                                                           int64_t ldo) {
-    v16 a[4][4];
+    vf a[4][4][NV];
     panel_dots(x, ldx, R, w, K, a);
-    for (int r = 0; r < R; r++) {
-        v16 s = (a[r][0] + a[r][1]) + (a[r][2] + a[r][3]);
-        memcpy(out + r * ldo, &s, sizeof s);
-    }
+    for (int r = 0; r < R; r++)
+        for (int h = 0; h < NV; h++) {
+            vf s = (a[r][0][h] + a[r][1][h]) + (a[r][2][h] + a[r][3][h]);
+            memcpy(out + r * ldo + h * VW, &s, sizeof s);
+        }
 }
 
 /* part + r * ldp = (h + r * ldh) @ a row block, for R rows: `rows` rows of a row-wise
@@ -69,12 +79,13 @@ static inline __attribute__((always_inline)) void rows_block_R(const float *h, i
                                                                int64_t C, float *part,
                                                                int64_t ldp) {
     for (int64_t cp = 0; cp < C / NB; cp++) {
-        v16 a[4][4];
+        vf a[4][4][NV];
         panel_dots(h, ldh, R, blk + cp * rows * NB, rows, a);
-        for (int r = 0; r < R; r++) {
-            v16 s = a[r][0] + ((a[r][1] + a[r][2]) + a[r][3]);
-            memcpy(part + r * ldp + cp * NB, &s, sizeof s);
-        }
+        for (int r = 0; r < R; r++)
+            for (int v = 0; v < NV; v++) {
+                vf s = a[r][0][v] + ((a[r][1][v] + a[r][2][v]) + a[r][3][v]);
+                memcpy(part + r * ldp + cp * NB + v * VW, &s, sizeof s);
+            }
     }
 }
 

@@ -1,40 +1,66 @@
 /* Vector math shared by fused_decode.c and fused_prefill.c (one definition, so the decode
- * step and the prefill compute GPT-2's gelu with the same bits). */
+ * step and the prefill compute GPT-2's gelu with the same bits).
+ *
+ * Two widths.  NB, the panel width of the weight layout, is 16 floats on every CPU (one
+ * 64-byte line a panel row; fused_layout.py).  VW, the width the code computes in, is what
+ * the CPU holds in one register: 16 floats with AVX-512, 8 with AVX2 only, so a panel row
+ * is NV = NB / VW vectors.  Why not one 16-float vector type everywhere: without AVX-512
+ * gcc keeps a 64-byte vector in memory, not in a pair of registers, and every operation on
+ * it becomes stores and reloads through the stack.  On a Zen 3 (AVX2) that capped every
+ * GEMV of the kernel at ~6.7 G weights/s on two cores whatever their width: fused-decode
+ * 40 tok/s, its int8 build 44 (6 GB/s), the same as the float32 one
+ * (docs/cpu-performance.md, twentieth session).  Each lane is computed alone, so the
+ * results do not depend on VW except where lanes are summed (hsum and the argmax, written
+ * to give the same answer at either width). */
 #ifndef GPTEVAL_FUSED_MATH_H
 #define GPTEVAL_FUSED_MATH_H
 #include <stdint.h>
 
 #define NB 16 /* panel width: one 64-byte line per row; must match fused_layout.py */
-typedef float v16 __attribute__((vector_size(NB * sizeof(float)), aligned(4)));
-typedef int32_t vi16 __attribute__((vector_size(NB * sizeof(int32_t)), aligned(4)));
-#define LOAD(p) (*(const v16 *)(p))
+#if defined(__AVX512F__)
+#define VW 16
+#else
+#define VW 8
+#endif
+#define NV (NB / VW) /* vectors a panel row */
+typedef float vf __attribute__((vector_size(VW * sizeof(float)), aligned(4)));
+typedef int32_t vif __attribute__((vector_size(VW * sizeof(int32_t)), aligned(4)));
+#define LOAD(p) (*(const vf *)(p))
 
-static inline v16 vselect(vi16 mask, v16 a, v16 b) { /* mask lanes are -1 or 0 */
-    return (v16)(((vi16)a & mask) | ((vi16)b & ~mask));
+static inline vf vselect(vif mask, vf a, vf b) { /* mask lanes are -1 or 0 */
+    return (vf)(((vif)a & mask) | ((vif)b & ~mask));
 }
 
 /* exp(z) for z in [-87, 88] (clamped), written so the compiler vectorizes it: 2^k times a
  * degree-7 polynomial on |r| <= ln2/2, relative error ~1e-7 like libm's.  glibc's
  * scalar expf / tanhf cost ~4 % of a decode step between them. */
-static inline v16 vexp(v16 z) {
-    const v16 zero = {0}, lo = zero - 87.f, hi = zero + 88.f;
+static inline vf vexp(vf z) {
+    const vf zero = {0}, lo = zero - 87.f, hi = zero + 88.f;
     z = vselect(z > hi, hi, vselect(z < lo, lo, z));
-    v16 y = z * 1.4426950408889634f + 0.5f;
-    vi16 k = __builtin_convertvector(y, vi16); /* truncates: floor for y < 0 is one less */
-    k += (vi16)(__builtin_convertvector(k, v16) > y);
-    v16 kf = __builtin_convertvector(k, v16);
-    v16 r = (z - kf * 0.693145751953125f) - kf * 1.428606765330187e-06f;
-    v16 p = 1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120
+    vf y = z * 1.4426950408889634f + 0.5f;
+    vif k = __builtin_convertvector(y, vif); /* truncates: floor for y < 0 is one less */
+    k += (vif)(__builtin_convertvector(k, vf) > y);
+    vf kf = __builtin_convertvector(k, vf);
+    vf r = (z - kf * 0.693145751953125f) - kf * 1.428606765330187e-06f;
+    vf p = 1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120
             + r * (1.f / 720 + r * (1.f / 5040)))))));
-    return p * (v16)((k + 127) << 23);
+    return p * (vf)((k + 127) << 23);
 }
 
 /* GPT-2's gelu (tanh form): tanh(u) = 1 - 2/(exp(2u)+1), |u| clamped at 9, where tanh is
  * 1 in float32. */
-static inline v16 vgelu_tanh(v16 x) {
-    const v16 zero = {0}, lim = zero + 9.f;
-    v16 u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+static inline vf vgelu_tanh(vf x) {
+    const vf zero = {0}, lim = zero + 9.f;
+    vf u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
     u = vselect(u > lim, lim, vselect(u < -lim, -lim, u));
     return 0.5f * x * (1.f + (1.f - 2.f / (vexp(2.f * u) + 1.f)));
+}
+
+/* a[0..NB) as a tree of adds: the two 8-float halves, then pairs, the same order at
+ * either VW (a 16-long chain of dependent adds is slower and rounds differently) */
+static inline float hsum_nb(const float *a) {
+    float s[8];
+    for (int j = 0; j < 8; j++) s[j] = a[j] + a[j + 8];
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 #endif

@@ -21,11 +21,16 @@
 #include <string.h>
 #include <omp.h>
 
-#include "fused_math.h"    /* NB, v16, LOAD, vgelu_tanh: the decode step's own gelu */
+#include "fused_math.h"    /* NB, VW, NV, vf, LOAD, vgelu_tanh: the decode step's own gelu */
 #include "fused_weights.h" /* wt, WLOAD: the weight copy's element type */
 
+#if VW == 16
 #define R 8  /* rows a tile */
 #define NP 3 /* output panels a tile (a panel count that is not a multiple: the rest one by one) */
+#else /* AVX2: 16 registers of 8 floats, a panel row is two: R * NP * 2 accumulators */
+#define R 6
+#define NP 1
+#endif
 
 /* Where one output panel's weights (segments w, each at + woff), bias and output columns
  * are: the only thing the two GEMMs below do differently. */
@@ -45,21 +50,24 @@ typedef struct {
  * its accumulators in registers. */
 #define TILE_STEPS(NPT, ROWS)                                                              \
     for (int64_t k = 0; k < klen; k++) {                                                   \
-        v16 wk[NPT];                                                                       \
-        for (int j = 0; j < NPT; j++) wk[j] = WLOAD(ws[j] + k * NB);                       \
+        vf wk[NPT][NV];                                                                    \
+        for (int j = 0; j < NPT; j++)                                                      \
+            for (int h = 0; h < NV; h++) wk[j][h] = WLOAD(ws[j] + k * NB + h * VW);        \
         for (int r = 0; r < (ROWS); r++) {                                                 \
             float xr = xs[r * ldx + k];                                                    \
-            for (int j = 0; j < NPT; j++) acc[j][r] += xr * wk[j];                         \
+            for (int j = 0; j < NPT; j++)                                                  \
+                for (int h = 0; h < NV; h++) acc[j][r][h] += xr * wk[j][h];                \
         }                                                                                  \
     }
 #define DEFINE_TILE(NAME, NPT)                                                             \
     static inline void NAME(const float *x, int64_t ldx, int nr, const PanelAt *at,        \
                             int64_t klen, int64_t nseg, int64_t ldo, int gelu) {           \
-        v16 acc[NPT][R];                                                                   \
+        vf acc[NPT][R][NV];                                                                \
         for (int j = 0; j < NPT; j++) { /* the bias first, or after the scale (int8) */    \
-            v16 b = {0};                                                                   \
-            if (at[j].bias && !at[j].scale) memcpy(&b, at[j].bias, sizeof b);              \
-            for (int r = 0; r < R; r++) acc[j][r] = b;                                     \
+            vf b[NV] = {{0}};                                                              \
+            if (at[j].bias && !at[j].scale) memcpy(b, at[j].bias, sizeof b);               \
+            for (int r = 0; r < R; r++)                                                    \
+                for (int h = 0; h < NV; h++) acc[j][r][h] = b[h];                          \
         }                                                                                  \
         for (int64_t s = 0; s < nseg; s++) {                                               \
             const wt *ws[NPT];                                                             \
@@ -70,15 +78,16 @@ typedef struct {
             else TILE_STEPS(NPT, nr)                                                       \
         }                                                                                  \
         for (int j = 0; j < NPT; j++)                                                      \
-            for (int r = 0; r < nr; r++) {                                                 \
-                v16 v = acc[j][r];                                                         \
-                if (at[j].scale) {                                                         \
-                    v *= LOAD(at[j].scale);                                                \
-                    if (at[j].bias) v += LOAD(at[j].bias);                                 \
+            for (int r = 0; r < nr; r++)                                                   \
+                for (int h = 0; h < NV; h++) {                                             \
+                    vf v = acc[j][r][h];                                                   \
+                    if (at[j].scale) {                                                     \
+                        v *= LOAD(at[j].scale + h * VW);                                   \
+                        if (at[j].bias) v += LOAD(at[j].bias + h * VW);                    \
+                    }                                                                      \
+                    if (gelu) v = vgelu_tanh(v);                                           \
+                    memcpy(at[j].out + r * ldo + h * VW, &v, sizeof v);                    \
                 }                                                                          \
-                if (gelu) v = vgelu_tanh(v);                                               \
-                memcpy(at[j].out + r * ldo, &v, sizeof v);                                 \
-            }                                                                              \
     }
 DEFINE_TILE(tile_np, NP)
 DEFINE_TILE(tile_1, 1)

@@ -1,7 +1,8 @@
 /* The element type of fused-decode's weight copy, fixed when the kernel is built: float32
  * (the `fused-decode` pass), or int8 with a float scale per output column
- * (`fused-decode:int8`, built with -DGPTEVAL_W_INT8).  WLOAD widens NB weights of a panel
- * row to floats; the scales are applied to the sums, never to the weights.
+ * (`fused-decode:int8`, built with -DGPTEVAL_W_INT8).  WLOAD widens VW weights (a panel
+ * row is NV such vectors, fused_math.h) to floats; the scales are applied to the sums,
+ * never to the weights.
  *
  * Why int8 is worth a copy of its own: batch-1 decode streams every weight once, and the
  * panel GEMV streams int8 weights at its float32 rate in GB/s (tools/gemv_dtypes.c:
@@ -16,18 +17,16 @@
 #ifdef GPTEVAL_W_INT8
 #include <immintrin.h>
 typedef int8_t wt;
-static inline v16 WLOAD(const wt *p) {
-#if defined(__AVX512F__)
+static inline vf WLOAD(const wt *p) { /* VW weights at p widened to floats */
+#if VW == 16 && defined(__AVX512F__)
     __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
-#elif defined(__AVX2__)
-    __m128i b = _mm_loadu_si128((const __m128i *)p);
-    struct { __m256 lo, hi; } f = {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)),
-                                   _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)))};
+#elif VW == 8 && defined(__AVX2__)
+    __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 #else /* gcc turns a generic int8 -> float vector conversion into scalar code: slow */
-    float f[NB];
-    for (int j = 0; j < NB; j++) f[j] = (float)p[j];
+    float f[VW];
+    for (int j = 0; j < VW; j++) f[j] = (float)p[j];
 #endif
-    v16 v;
+    vf v;
     memcpy(&v, &f, sizeof v);
     return v;
 }

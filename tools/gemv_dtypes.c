@@ -15,7 +15,10 @@
  * gcc 12 turns a generic int8 -> float vector conversion into scalar code, 8 GB/s here),
  * read twice: plainly, and with the kernel's software prefetch (WPREFETCH, "int8 +pf"),
  * without which int8 streams well under the reduction in the host's fast mode.
- * The bf16 one is generic vector code, slow when built for AVX2 (-mavx2 -mfma: 24 GB/s). */
+ * The bf16 one is generic vector code.  Vectors are VW floats wide (fused_math.h: 8 without
+ * AVX-512); built with 16-float vectors on a Zen 3 (AVX2) every pass here took the same
+ * ~18.5 ms, float32 and int8 alike (6.7 GB/s of int8), gcc keeping each vector on the
+ * stack; at VW = 8 int8 read 20-23 GB/s and 28 with the prefetch (twentieth session). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,10 +27,10 @@
 #include <time.h>
 
 #define GPTEVAL_W_INT8 /* the int8 build's WLOAD */
-#include "fused_weights.h" /* NB (columns of a panel), v16, LOAD, WLOAD */
+#include "fused_weights.h" /* NB (columns of a panel), VW, NV, vf, LOAD, WLOAD */
 
-typedef uint16_t v16h __attribute__((vector_size(32)));
-typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef uint16_t vfh __attribute__((vector_size(VW * 2)));
+typedef uint32_t vfu __attribute__((vector_size(VW * 4)));
 #define K 768 /* GPT-2's width: rows of a panel */
 
 static float x[K], out[1024 * NB];
@@ -48,33 +51,39 @@ static void *huge_alloc(size_t n) { /* 2 MiB aligned and advised, as the kernel'
     return p;
 }
 
-static inline v16 widen_bf16(const uint16_t *w) {
-    v16h h;
+static inline vf widen_bf16(const uint16_t *w) {
+    vfh h;
     memcpy(&h, w, sizeof h);
-    v16u u = __builtin_convertvector(h, v16u) << 16;
-    v16 f;
+    vfu u = __builtin_convertvector(h, vfu) << 16;
+    vf f;
     memcpy(&f, &u, sizeof f);
     return f;
 }
 
 #define NO_PF(p) ((void)0)
 
-/* one pass over P panels; WIDEN(w + i * NB) gives row i's 16 weights as floats */
+/* one pass over P panels; WIDEN(w + i * NB + h * VW) gives row i's h-th VW weights as floats
+ * (the kernel's own loop, optimizers/fused_gemv.h, at R = 1) */
 #define GEMV_PASS(T, WIDEN, SCALED, PF)                                                   \
     _Pragma("omp parallel for schedule(static)")                                          \
     for (int64_t p = 0; p < P; p++) {                                                     \
         const T *wp = (const T *)w + p * K * NB;                                          \
-        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                       \
+        vf a[4][NV] = {{{0}}};                                                            \
         for (int i = 0; i < K; i += 4) {                                                  \
             PF(wp + i * NB);                                                              \
-            a0 += x[i] * WIDEN(wp + i * NB);                                              \
-            a1 += x[i + 1] * WIDEN(wp + (i + 1) * NB);                                    \
-            a2 += x[i + 2] * WIDEN(wp + (i + 2) * NB);                                    \
-            a3 += x[i + 3] * WIDEN(wp + (i + 3) * NB);                                    \
+            for (int h = 0; h < NV; h++) {                                                \
+                const T *wh = wp + i * NB + h * VW;                                       \
+                a[0][h] += x[i] * WIDEN(wh);                                              \
+                a[1][h] += x[i + 1] * WIDEN(wh + NB);                                     \
+                a[2][h] += x[i + 2] * WIDEN(wh + 2 * NB);                                 \
+                a[3][h] += x[i + 3] * WIDEN(wh + 3 * NB);                                 \
+            }                                                                             \
         }                                                                                 \
-        v16 s = (a0 + a1) + (a2 + a3);                                                    \
-        if (SCALED) s *= LOAD(scale + p * NB);                                            \
-        memcpy(out + (p % 1024) * NB, &s, sizeof s);                                      \
+        for (int h = 0; h < NV; h++) {                                                    \
+            vf s = (a[0][h] + a[1][h]) + (a[2][h] + a[3][h]);                             \
+            if (SCALED) s *= LOAD(scale + p * NB + h * VW);                               \
+            memcpy(out + (p % 1024) * NB + h * VW, &s, sizeof s);                         \
+        }                                                                                 \
     }
 
 static double pass_f32(const void *w, const float *scale, int64_t P) {
@@ -105,16 +114,15 @@ static double pass_sum(const void *w, const float *scale, int64_t P) {
     float tot = 0;
 #pragma omp parallel for schedule(static) reduction(+ : tot)
     for (int64_t p = 0; p < P; p++) {
-        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        vf a[4][NV] = {{{0}}};
         const float *q = f + p * K * NB;
-        for (int i = 0; i < K * NB; i += 4 * NB) {
-            a0 += LOAD(q + i);
-            a1 += LOAD(q + i + NB);
-            a2 += LOAD(q + i + 2 * NB);
-            a3 += LOAD(q + i + 3 * NB);
+        for (int i = 0; i < K * NB; i += 4 * NB)
+            for (int h = 0; h < NV; h++)
+                for (int j = 0; j < 4; j++) a[j][h] += LOAD(q + i + j * NB + h * VW);
+        for (int h = 0; h < NV; h++) {
+            vf s = (a[0][h] + a[1][h]) + (a[2][h] + a[3][h]);
+            for (int j = 0; j < VW; j++) tot += s[j];
         }
-        v16 s = (a0 + a1) + (a2 + a3);
-        for (int j = 0; j < NB; j++) tot += s[j];
     }
     out[0] = tot;
     (void)scale;
