@@ -24,13 +24,20 @@
 #include "fused_math.h"    /* NB, VW, NV, vf, LOAD, vgelu_tanh: the decode step's own gelu */
 #include "fused_weights.h" /* wt, WLOAD: the weight copy's element type */
 
+#ifndef GPTEVAL_TILE_R /* -D overrides: for measuring other tiles */
 #if VW == 16
-#define R 8  /* rows a tile */
-#define NP 3 /* output panels a tile (a panel count that is not a multiple: the rest one by one) */
-#else /* AVX2: 16 registers of 8 floats, a panel row is two: R * NP * 2 accumulators */
-#define R 6
-#define NP 1
+#define GPTEVAL_TILE_R 8  /* rows a tile */
+#define GPTEVAL_TILE_NP 3 /* output panels a tile (a panel count that is not a multiple: the
+                             rest one by one) */
+#else /* AVX2: 16 registers of 8 floats, a panel row is two: R * NP * 2 accumulators.
+       * Zen 3, gpt2 prefill of 128, 12 rounds, time over eager's oneDNN one: R = 6 0.98-1.03,
+       * 5 1.04, 7 0.97 (int8 1.3x slower), 4 1.29; NP = 2 with R = 3 1.23; 8 x 3 1.85 */
+#define GPTEVAL_TILE_R 6
+#define GPTEVAL_TILE_NP 1
 #endif
+#endif
+#define R GPTEVAL_TILE_R
+#define NP GPTEVAL_TILE_NP
 
 /* Where one output panel's weights (segments w, each at + woff), bias and output columns
  * are: the only thing the two GEMMs below do differently. */
