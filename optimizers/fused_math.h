@@ -3,15 +3,16 @@
  *
  * Two widths.  NB, the panel width of the weight layout, is 16 floats on every CPU (one
  * 64-byte line a panel row; fused_layout.py).  VW, the width the code computes in, is what
- * the CPU holds in one register: 16 floats with AVX-512, 8 with AVX2 only, so a panel row
- * is NV = NB / VW vectors.  Why not one 16-float vector type everywhere: without AVX-512
- * gcc keeps a 64-byte vector in memory, not in a pair of registers, and every operation on
- * it becomes stores and reloads through the stack.  On a Zen 3 (AVX2) that capped every
- * GEMV of the kernel at ~6.7 G weights/s on two cores whatever their width: fused-decode
- * 40 tok/s, its int8 build 44 (6 GB/s), the same as the float32 one
+ * the CPU holds in one register: 16 floats with AVX-512, 8 with AVX, 4 on SSE or NEON, so a
+ * panel row is NV = NB / VW vectors.  Why not one 16-float vector type everywhere: without
+ * AVX-512 gcc keeps a 64-byte vector in memory, not in a pair of registers, and every
+ * operation on it becomes stores and reloads through the stack (a 32-byte one likewise
+ * without AVX).  On a Zen 3 (AVX2) that capped every GEMV of the kernel at ~6.7 G weights/s
+ * on two cores whatever their width: fused-decode 40 tok/s, its int8 build 44 (6 GB/s)
  * (docs/cpu-performance.md, twentieth session).  Each lane is computed alone, so the
- * results do not depend on VW except where lanes are summed (hsum and the argmax, written
- * to give the same answer at either width). */
+ * results do not depend on VW except where lanes are summed (hsum_nb and the argmax,
+ * written to give the same answer at any width).
+ */
 #ifndef GPTEVAL_FUSED_MATH_H
 #define GPTEVAL_FUSED_MATH_H
 #include <stdint.h>
@@ -19,8 +20,10 @@
 #define NB 16 /* panel width: one 64-byte line per row; must match fused_layout.py */
 #if defined(__AVX512F__)
 #define VW 16
-#else
+#elif defined(__AVX__)
 #define VW 8
+#else /* SSE, NEON: 128-bit registers */
+#define VW 4
 #endif
 #define NV (NB / VW) /* vectors a panel row */
 typedef float vf __attribute__((vector_size(VW * sizeof(float)), aligned(4)));

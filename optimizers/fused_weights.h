@@ -15,13 +15,19 @@
 #include "fused_math.h"
 
 #ifdef GPTEVAL_W_INT8
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 typedef int8_t wt;
 static inline vf WLOAD(const wt *p) { /* VW weights at p widened to floats */
 #if VW == 16 && defined(__AVX512F__)
     __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 #elif VW == 8 && defined(__AVX2__)
     __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+#elif VW == 4 && defined(__SSE4_1__)
+    int32_t four;
+    memcpy(&four, p, sizeof four);
+    __m128 f = _mm_cvtepi32_ps(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(four)));
 #else /* gcc turns a generic int8 -> float vector conversion into scalar code: slow */
     float f[VW];
     for (int j = 0; j < VW; j++) f[j] = (float)p[j];

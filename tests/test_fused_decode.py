@@ -291,13 +291,13 @@ def test_without_a_compiler_it_is_skipped_with_the_reason(monkeypatch):
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 targets")
-@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64-v4"])  # AVX2 only; AVX-512
+@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3", "x86-64-v4"])  # SSE2, AVX2, AVX-512
 @pytest.mark.parametrize("int8", [False, True])
 def test_every_vector_operation_is_one_the_cpu_has(march, int8, tmp_path):
     """Built for an AVX2 CPU, the kernel once computed in 16-float vectors that gcc kept on
     the stack and split piecewise (1,187 warnings below), which capped every GEMV at ~6.7 G
     weights/s on a Zen 3: fused-decode 40 tok/s, its int8 build 44.  gcc names each such
-    operation with -Wvector-operation-performance; held here for both ISAs it targets."""
+    operation with -Wvector-operation-performance; held here for the ISAs it targets."""
     cc = fused_build.compiler()
     flags = [f for f in fused_build.CFLAGS if f not in ("-march=native", "-shared", "-fPIC")]
     for source in (fused_build.SOURCE, fused_build.PREFILL_SOURCE):  # decode step, prefill
