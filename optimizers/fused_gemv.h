@@ -21,13 +21,15 @@
                                                            int R, const T *w, int64_t K,    \
                                                            vf a[4][4][NV]) {                \
         for (int r = 0; r < R; r++)                                                         \
-            for (int h = 0; h < NV; h++) a[r][0][h] = a[r][1][h] = a[r][2][h] = a[r][3][h] = (vf){0}; \
+            for (int j = 0; j < 4; j++)                                                     \
+                for (int h = 0; h < NV; h++) a[r][j][h] = (vf){0};                          \
         int64_t i = 0;                                                                      \
         for (; i + 4 <= K; i += 4) {                                                        \
             PF(w + i * NB);                                                                 \
             for (int h = 0; h < NV; h++) {                                                  \
                 const T *wh = w + i * NB + h * VW;                                          \
-                vf w0 = LD(wh), w1 = LD(wh + NB), w2 = LD(wh + 2 * NB), w3 = LD(wh + 3 * NB); \
+                vf w0 = LD(wh), w1 = LD(wh + NB);                                           \
+                vf w2 = LD(wh + 2 * NB), w3 = LD(wh + 3 * NB);                              \
                 for (int r = 0; r < R; r++) {                                               \
                     const float *xr = x + r * ldx;                                          \
                     a[r][0][h] += xr[i] * w0;                                               \

@@ -60,7 +60,7 @@ static inline vf vgelu_tanh(vf x) {
 }
 
 /* a[0..NB) as a tree of adds: the two 8-float halves, then pairs, the same order at
- * either VW (a 16-long chain of dependent adds is slower and rounds differently) */
+ * any VW (a 16-long chain of dependent adds is slower and rounds differently) */
 static inline float hsum_nb(const float *a) {
     float s[8];
     for (int j = 0; j < 8; j++) s[j] = a[j] + a[j + 8];

@@ -29,14 +29,13 @@
 #define GPTEVAL_TILE_R 8  /* rows a tile */
 #define GPTEVAL_TILE_NP 3 /* output panels a tile (a panel count that is not a multiple: the
                              rest one by one) */
-#else /* AVX2: 16 registers of 8 floats, a panel row is two: R * NP * 2 accumulators.
+#elif VW == 8 /* AVX2: 16 registers of 8 floats, a panel row is two: R * NP * 2 accumulators.
        * Zen 3, gpt2 prefill of 128, 12 rounds, time over eager's oneDNN one: R = 6 0.98-1.03,
        * 5 1.04, 7 0.97 (int8 1.3x slower), 4 1.29; NP = 2 with R = 3 1.23; 8 x 3 1.85 */
-#if VW == 8
 #define GPTEVAL_TILE_R 6
+#define GPTEVAL_TILE_NP 1
 #else /* 4-float vectors (SSE: 16 registers): 4 a panel row, 3 rows keep 12 accumulators */
 #define GPTEVAL_TILE_R 3
-#endif
 #define GPTEVAL_TILE_NP 1
 #endif
 #endif
