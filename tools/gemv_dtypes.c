@@ -18,7 +18,8 @@
  * The bf16 one is generic vector code.  Vectors are VW floats wide (fused_math.h: 8 without
  * AVX-512); built with 16-float vectors on a Zen 3 (AVX2) every pass here took the same
  * ~18.5 ms, float32 and int8 alike (6.7 GB/s of int8), gcc keeping each vector on the
- * stack; at VW = 8 int8 read 20-23 GB/s and 28 with the prefetch (twentieth session). */
+ * stack; at VW = 8 int8 read 20.0 GB/s (median; best 21.1) and 22.8 with the prefetch
+ * (best 28.4) (twentieth session). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
