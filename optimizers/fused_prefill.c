@@ -8,7 +8,8 @@
  *
  * One microkernel: an R x (NP*NB) tile of the output (R rows of NP panels' NB columns,
  * R*NP accumulators in registers), each step of k NP 64-byte weight rows times R broadcast
- * inputs, so one broadcast feeds NP FMAs.  A panel (K rows of NB, 48 KB at K = 768) stays
+ * inputs, so one broadcast feeds NP FMAs.  The input is first packed (pack_block) so that
+ * a tile's R inputs of one k sit side by side.  A panel (K rows of NB, 48 KB at K = 768) stays
  * in L1/L2 while every row block of the input passes over it, so each weight byte comes
  * from memory once a call.  R = 8, NP = 3 on a Zen 5 (two full-width 512-bit FMA pipes):
  * the prefill took 0.88x the time of one panel a tile (NP = 2: 0.90; NP = 4 with R = 6:
@@ -18,6 +19,7 @@
  * oneDNN's, so the prefill's logits move by rounding only (~1e-6 on GPT-2).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <omp.h>
 
@@ -31,7 +33,9 @@
                              rest one by one) */
 #elif VW == 8 /* AVX2: 16 registers of 8 floats, a panel row is two: R * NP * 2 accumulators.
        * Zen 3, gpt2 prefill of 128, 12 rounds, time over eager's oneDNN one: R = 6 0.98-1.03,
-       * 5 1.04, 7 0.97 (int8 1.3x slower), 4 1.29; NP = 2 with R = 3 1.23; 8 x 3 1.85 */
+       * 5 1.04, 7 0.97 (int8 1.3x slower), 4 1.29; NP = 2 with R = 3 1.23; 8 x 3 1.85.
+       * Again once the rows left over had code of their own (ROWS_LEFT; 128 = 21 x 6 + 2),
+       * the four GEMMs' time over R = 6's: R = 5 1.04, 7 1.17, 8 1.18 */
 #define GPTEVAL_TILE_R 6
 #define GPTEVAL_TILE_NP 1
 #else /* 4-float vectors (SSE: 16 registers): 4 a panel row, 3 rows keep 12 accumulators */
@@ -54,8 +58,9 @@ typedef struct {
 
 /* at[j].out[r][0..NB) = act(at[j].bias + sum over segments s of x[r][s*klen .. +klen) @
  * (klen rows of NB at at[j].w[s] + at[j].woff)), for panels j < NPT and rows r < nr <= R;
- * ldx, ldo: row strides of x and out; act: GPT-2's gelu where `gelu` (c_fc: applied in
- * registers, no pass of its own over the activation), else none.  NPT is NP, or 1 for
+ * x: the row block's packed input (pack_block: x[r][k] at x[k * R + r]); ldo: out's row
+ * stride; act: GPT-2's gelu where `gelu` (c_fc: applied in registers, no pass of its own
+ * over the activation), else none.  NPT is NP, or 1 for
  * the panels left over: a macro, so that each copy has constant trip counts and keeps
  * its accumulators in registers. */
 #define TILE_STEPS(NPT, ROWS)                                                              \
@@ -64,13 +69,20 @@ typedef struct {
         for (int j = 0; j < NPT; j++)                                                      \
             for (int h = 0; h < NV; h++) wk[j][h] = WLOAD(ws[j] + k * NB + h * VW);        \
         for (int r = 0; r < (ROWS); r++) {                                                 \
-            float xr = xs[r * ldx + k];                                                    \
+            float xr = xs[k * R + r];                                                      \
             for (int j = 0; j < NPT; j++)                                                  \
                 for (int h = 0; h < NV; h++) acc[j][r][h] += xr * wk[j][h];                \
         }                                                                                  \
     }
+/* A case for N rows left over, N < R (N >= R: no such case, the default stands).  Why a
+ * copy for each: one loop bounded by nr kept its accumulators in memory, and beside it gcc
+ * gave the full tile's loop two register moves a step more.  Zen 3, gpt2's four GEMMs, A/B
+ * in one process (21 paired rounds): 1.08x faster at 128 rows (2 left over a 6-row tile),
+ * 1.07x at 126 (none left: the full tile's loop alone), 1.35x at 7, 1.7x at 1. */
+#define ROWS_LEFT(NPT, N)                                                                  \
+    case (N < R ? N : -N): TILE_STEPS(NPT, (N < R ? N : R)) break;
 #define DEFINE_TILE(NAME, NPT)                                                             \
-    static inline void NAME(const float *x, int64_t ldx, int nr, const PanelAt *at,        \
+    static inline void NAME(const float *x, int nr, const PanelAt *at,                     \
                             int64_t klen, int64_t nseg, int64_t ldo, int gelu) {           \
         vf acc[NPT][R][NV];                                                                \
         for (int j = 0; j < NPT; j++) { /* the bias first, or after the scale (int8) */    \
@@ -81,11 +93,15 @@ typedef struct {
         }                                                                                  \
         for (int64_t s = 0; s < nseg; s++) {                                               \
             const wt *ws[NPT];                                                             \
-            const float *xs = x + s * klen;                                                \
+            const float *xs = x + s * klen * R;                                            \
             for (int j = 0; j < NPT; j++) ws[j] = at[j].w[s] + at[j].woff;                 \
-            /* R, a constant, lets the compiler keep acc in registers; nr, the rows left */ \
-            if (nr == R) TILE_STEPS(NPT, R)                                                \
-            else TILE_STEPS(NPT, nr)                                                       \
+            /* a constant row count keeps acc in registers, the rows left over too */   \
+            switch (nr) {                                                                  \
+            case R: TILE_STEPS(NPT, R) break;                                              \
+            ROWS_LEFT(NPT, 1) ROWS_LEFT(NPT, 2) ROWS_LEFT(NPT, 3) ROWS_LEFT(NPT, 4)        \
+            ROWS_LEFT(NPT, 5) ROWS_LEFT(NPT, 6) ROWS_LEFT(NPT, 7)                          \
+            default: TILE_STEPS(NPT, nr) /* R > 8 (a -D tile), its rows left over */       \
+            }                                                                              \
         }                                                                                  \
         for (int j = 0; j < NPT; j++)                                                      \
             for (int r = 0; r < nr; r++)                                                   \
@@ -103,11 +119,45 @@ DEFINE_TILE(tile_np, NP)
 DEFINE_TILE(tile_1, 1)
 
 /* A group of n panels: one NP-panel tile, or (the panels left over) one tile each. */
-static inline void tiles(const float *x, int64_t ldx, int nr, const PanelAt *at, int n,
-                         int64_t klen, int64_t nseg, int64_t ldo, int gelu) {
-    if (n == NP) tile_np(x, ldx, nr, at, klen, nseg, ldo, gelu);
+static inline void tiles(const float *x, int nr, const PanelAt *at, int n, int64_t klen,
+                         int64_t nseg, int64_t ldo, int gelu) {
+    if (n == NP) tile_np(x, nr, at, klen, nseg, ldo, gelu);
     else
-        for (int j = 0; j < n; j++) tile_1(x, ldx, nr, at + j, klen, nseg, ldo, gelu);
+        for (int j = 0; j < n; j++) tile_1(x, nr, at + j, klen, nseg, ldo, gelu);
+}
+
+/* The input packed for the tiles: row block b's R rows interleaved k by k,
+ * xp[(b * K + k) * R + r] = x[b * R + r][k], rows past T zero.  Why: a tile's broadcasts
+ * then read one sequential stream instead of R rows K floats apart (at K = 3072, the MLP's
+ * second projection, 12 KB apart: one L1 set for all R of them, the likely cause of what
+ * was measured).  Zen 3, gpt2 prefill of 128 in the engine, 58 paired rounds: 1.07x faster
+ * than unpacked (both with ROWS_LEFT); in a harness that re-runs one GEMM on inputs
+ * already in cache, the MLP's second projection 1.05x, the others 0.96-0.99x (the packing's
+ * cost): the gain is on inputs fresh from the op before, which is how a prefill meets them. */
+static void pack_block(const float *x, int64_t T, int64_t K, int64_t b, float *xp) {
+    const int64_t nr = T - b * R < R ? T - b * R : R;
+    float *dst = xp + b * K * R;
+    for (int64_t r = 0; r < R; r++) {
+        const float *src = x + (b * R + r) * K;
+        if (r < nr)
+            for (int64_t k = 0; k < K; k++) dst[k * R + r] = src[k];
+        else
+            for (int64_t k = 0; k < K; k++) dst[k * R + r] = 0.f;
+    }
+}
+
+/* The calling thread's buffer for a packed input of n floats, grown as needed and kept
+ * (a prefill packs four inputs a layer: no allocation each; it holds the largest input
+ * the thread has packed, 1.5 MB for gpt2 at 128 rows).  NULL: out of memory. */
+static float *pack_buffer(int64_t n) {
+    static __thread float *buf;
+    static __thread int64_t cap;
+    if (n > cap) {
+        free(buf);
+        buf = aligned_alloc(64, (size_t)((n * 4 + 63) / 64 * 64));
+        cap = buf ? n : 0;
+    }
+    return buf;
 }
 
 /* Prefetch into L2 the part `part` of `parts` of n floats at p: the next group's weights,
@@ -122,13 +172,19 @@ static inline void prefetch_part(const wt *p, int64_t n, int64_t part, int64_t p
  *   out[t][col[p] .. +NB) = act(bias[col[p] .. +NB) + x[t] @ panel p),   t < T,
  * x (T, K) contiguous, out (T, ldo); act: gelu where `gelu`, else none.  col maps the
  * copy's panel order (a head's q, k, v together) back to the model's column order.
- * Returns 0, -1 on a bad argument. */
+ * Returns 0, -1 on a bad argument, -2 without memory to pack x. */
 int gpteval_gemm_panels(const float *x, int64_t T, int64_t K, const wt *const *w,
                         const int64_t *col, int64_t n_panels, const float *scale,
                         const float *bias, float *out, int64_t ldo, int gelu, int nthreads) {
     if (T < 0 || K < 1 || n_panels < 0 || nthreads < 1) return -1;
     const int64_t row_blocks = (T + R - 1) / R, groups = (n_panels + NP - 1) / NP;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
+    float *xp = pack_buffer(row_blocks * R * K);
+    if (!xp && T) return -2;
+#pragma omp parallel num_threads(nthreads)
+    {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < row_blocks; b++) pack_block(x, T, K, b, xp);
+#pragma omp for schedule(static)
     for (int64_t g = 0; g < groups; g++)
         for (int64_t rb = 0; rb < row_blocks; rb++) {
             const int nr = (int)(T - rb * R < R ? T - rb * R : R);
@@ -141,21 +197,29 @@ int gpteval_gemm_panels(const float *x, int64_t T, int64_t K, const wt *const *w
                 at[j] = (PanelAt){&w[p], 0, scale ? scale + col[p] : 0,
                                   bias ? bias + col[p] : 0, out + rb * R * ldo + col[p]};
             }
-            tiles(x + rb * R * K, K, nr, at, n, K, 1, ldo, gelu);
+            tiles(xp + rb * R * K, nr, at, n, K, 1, ldo, gelu);
         }
+    }
     return 0;
 }
 
 /* Row blocks: item i's `rows` rows of a (n_items * rows, C) matrix, stored at items[i] as
  * C/NB panels of rows x NB;
  *   out[t][0..C) = bias + sum_i x[t][i*rows .. +rows) @ block i,   t < T,
- * x (T, n_items * rows) and out (T, C) contiguous.  Returns 0, -1 on a bad argument. */
+ * x (T, n_items * rows) and out (T, C) contiguous.  Returns 0, -1 on a bad argument,
+ * -2 without memory to pack x. */
 int gpteval_gemm_row_blocks(const float *x, int64_t T, const wt *const *items,
                             int64_t n_items, int64_t rows, int64_t C, const float *scale,
                             const float *bias, float *out, int nthreads) {
     if (T < 0 || rows < 1 || n_items < 0 || C % NB || nthreads < 1) return -1;
     const int64_t row_blocks = (T + R - 1) / R, ldx = n_items * rows, np = C / NB;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
+    float *xp = pack_buffer(row_blocks * R * ldx);
+    if (!xp && T) return -2;
+#pragma omp parallel num_threads(nthreads)
+    {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < row_blocks; b++) pack_block(x, T, ldx, b, xp);
+#pragma omp for schedule(static)
     for (int64_t g = 0; g < (np + NP - 1) / NP; g++)
         for (int64_t rb = 0; rb < row_blocks; rb++) {
             const int nr = (int)(T - rb * R < R ? T - rb * R : R);
@@ -169,7 +233,8 @@ int gpteval_gemm_row_blocks(const float *x, int64_t T, const wt *const *items,
                 at[j] = (PanelAt){items, cp * rows * NB, scale ? scale + cp * NB : 0,
                                   bias ? bias + cp * NB : 0, out + rb * R * C + cp * NB};
             }
-            tiles(x + rb * R * ldx, ldx, nr, at, n, rows, n_items, C, 0);
+            tiles(xp + rb * R * ldx, nr, at, n, rows, n_items, C, 0);
         }
+    }
     return 0;
 }

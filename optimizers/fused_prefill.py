@@ -84,6 +84,9 @@ class ArenaProjection(nn.Module):
                                                   len(self._ptrs), self._rows,
                                                   self.out_features, self._scale, self._bias,
                                                   out.data_ptr(), threads)
+        if rc == -2:
+            raise MemoryError(f"no memory to pack a ({x2.shape[0]}, {self.in_features}) input "
+                              "for the fused prefill")
         if rc != 0:
             raise RuntimeError(f"fused prefill projection failed ({rc})")
         return out.view(*x.shape[:-1], self.out_features)
