@@ -146,6 +146,13 @@ static void pack_block(const float *x, int64_t T, int64_t K, int64_t b, float *x
     }
 }
 
+/* Every row block packed, shared out among the threads of the parallel region it is
+ * called in (an orphaned `omp for`), which all wait at its end for the whole input. */
+static void pack_input(const float *x, int64_t T, int64_t K, float *xp) {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < (T + R - 1) / R; b++) pack_block(x, T, K, b, xp);
+}
+
 /* The calling thread's buffer for a packed input of n floats, grown as needed and kept
  * (a prefill packs four inputs a layer: no allocation each; it holds the largest input
  * the thread has packed, 1.5 MB for gpt2 at 128 rows).  NULL: out of memory. */
@@ -182,8 +189,7 @@ int gpteval_gemm_panels(const float *x, int64_t T, int64_t K, const wt *const *w
     if (!xp && T) return -2;
 #pragma omp parallel num_threads(nthreads)
     {
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < row_blocks; b++) pack_block(x, T, K, b, xp);
+    pack_input(x, T, K, xp);
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < groups; g++)
         for (int64_t rb = 0; rb < row_blocks; rb++) {
@@ -217,8 +223,7 @@ int gpteval_gemm_row_blocks(const float *x, int64_t T, const wt *const *items,
     if (!xp && T) return -2;
 #pragma omp parallel num_threads(nthreads)
     {
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < row_blocks; b++) pack_block(x, T, ldx, b, xp);
+    pack_input(x, T, ldx, xp);
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < (np + NP - 1) / NP; g++)
         for (int64_t rb = 0; rb < row_blocks; rb++) {
