@@ -110,7 +110,7 @@ static void gelu_tanh_block(float *h, const float *scale, const float *bias, int
     for (int64_t j = 0; j < n; j += VW) {
         vf y = scale ? LOAD(h + j) * LOAD(scale + j) : LOAD(h + j);
         vf g = vgelu_tanh(y + LOAD(bias + j));
-        memcpy(h + j, &g, sizeof g);
+        STORE(h + j, g);
     }
 }
 
@@ -120,7 +120,7 @@ static void softmax(float *scores, int64_t n) {
     for (int64_t p = 0; p < n; p++) mx = scores[p] > mx ? scores[p] : mx;
     for (int64_t p = 0; p < n; p += VW) {
         vf e = vexp(LOAD(scores + p) - mx);
-        memcpy(scores + p, &e, sizeof e);
+        STORE(scores + p, e);
     }
     float denom = sum(scores, n), inv = 1.f / denom;
     for (int64_t p = 0; p < n; p++) scores[p] *= inv;
@@ -136,12 +136,12 @@ static void weighted_rows(const float *scores, const float *v, int64_t n, int64_
             const float *vp = v + p * hs + c;
             for (int j = 0; j < 4 * NV; j++) a[j] += scores[p] * LOAD(vp + j * VW);
         }
-        memcpy(yh + c, a, sizeof a);
+        for (int j = 0; j < 4 * NV; j++) STORE(yh + c + j * VW, a[j]);
     }
     for (; c < hs; c += VW) { /* hs is a multiple of NB (fused_layout.py) */
         vf acc = {0};
         for (int64_t p = 0; p < n; p++) acc += scores[p] * LOAD(v + p * hs + c);
-        memcpy(yh + c, &acc, sizeof acc);
+        STORE(yh + c, acc);
     }
 }
 
@@ -183,12 +183,12 @@ static void reduce_partials(const Model *m, const float *part, int64_t items,
             const float *p = part + u * BC + b * m->C;
             for (int64_t c = 0; c < m->C; c += VW) { /* int8: each partial scaled */
                 vf acc = LOAD(xb + c) + (scale ? LOAD(p + c) * LOAD(scale + c) : LOAD(p + c));
-                memcpy(xb + c, &acc, sizeof acc);
+                STORE(xb + c, acc);
             }
         }
         for (int64_t c = 0; c < m->C; c += VW) {
             vf acc = LOAD(xb + c) + LOAD(bias + c);
-            memcpy(xb + c, &acc, sizeof acc);
+            STORE(xb + c, acc);
         }
     }
 }
@@ -235,7 +235,7 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
                 panel_f(q, kt + (p / NB) * hs * NB, hs, scores + p);
                 for (int v = 0; v < NV; v++) {
                     vf s = LOAD(scores + p + v * VW) * scale;
-                    memcpy(scores + p + v * VW, &s, sizeof s);
+                    STORE(scores + p + v * VW, s);
                 }
             }
             softmax(scores, pos + 1);

@@ -54,7 +54,7 @@ static inline void panel_f(const float *x, const float *w, int64_t K, float *out
     panel_dots_f(x, 0, 1, w, K, a);
     for (int h = 0; h < NV; h++) {
         vf s = (a[0][0][h] + a[0][1][h]) + (a[0][2][h] + a[0][3][h]);
-        memcpy(out + h * VW, &s, sizeof s);
+        STORE(out + h * VW, s);
     }
 }
 
@@ -67,7 +67,7 @@ static inline __attribute__((always_inline)) void panel_R(const float *x, int64_
     for (int r = 0; r < R; r++)
         for (int h = 0; h < NV; h++) {
             vf s = (a[r][0][h] + a[r][1][h]) + (a[r][2][h] + a[r][3][h]);
-            memcpy(out + r * ldo + h * VW, &s, sizeof s);
+            STORE(out + r * ldo + h * VW, s);
         }
 }
 
@@ -86,7 +86,7 @@ static inline __attribute__((always_inline)) void rows_block_R(const float *h, i
         for (int r = 0; r < R; r++)
             for (int v = 0; v < NV; v++) {
                 vf s = a[r][0][v] + ((a[r][1][v] + a[r][2][v]) + a[r][3][v]);
-                memcpy(part + r * ldp + cp * NB + v * VW, &s, sizeof s);
+                STORE(part + r * ldp + cp * NB + v * VW, s);
             }
     }
 }

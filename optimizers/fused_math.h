@@ -29,6 +29,11 @@
 typedef float vf __attribute__((vector_size(VW * sizeof(float)), aligned(4)));
 typedef int32_t vif __attribute__((vector_size(VW * sizeof(int32_t)), aligned(4)));
 #define LOAD(p) (*(const vf *)(p))
+/* A vector to memory, as one unaligned store.  Not memcpy(p, &v, sizeof v): gcc spilled v
+ * to the stack and copied it on in pieces (8-byte halves through general registers, a
+ * 16-byte reload), loads that wait on the store before them; gelu over gpt2's 128 x 3072
+ * c_fc output took 2.10 ms through memcpy and 0.51 ms through STORE on one Zen 3 core. */
+#define STORE(p, v) (*(vf *)(p) = (v))
 
 static inline vf vselect(vif mask, vf a, vf b) { /* mask lanes are -1 or 0 */
     return (vf)(((vif)a & mask) | ((vif)b & ~mask));
