@@ -125,6 +125,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = Conv1D(config.n_embd, config.n_embd)
         self.dropout = config.dropout
         self.kv_cache: KVCache | None = None
+        # a pass's own kernel for a prefill's attention, (qkv, last_only) -> y (B, T or 1,
+        # width), or None for SDPA below: fused-decode sets one (optimizers/fused_prefill.py)
+        self.prefill_attention = None
 
     def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
@@ -137,7 +140,8 @@ class CausalSelfAttention(nn.Module):
         # out_features (not weight.shape) also holds for nn.Linear stand-ins of quantizers
         width = self.c_attn.out_features // 3
         hs = width // nh
-        q, k, v = self.c_attn(x).split(width, dim=2)
+        qkv = self.c_attn(x)
+        q, k, v = qkv.split(width, dim=2)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nh, hs).transpose(1, 2)
         v = v.view(B, T, nh, hs).transpose(1, 2)
@@ -146,6 +150,9 @@ class CausalSelfAttention(nn.Module):
                 # prefill from position 0 (input_pos is 0..T-1): the new tokens only see
                 # each other
                 self.kv_cache.write_prefix(k, v)
+                y = self.prefill_attention(qkv, last_only) if self.prefill_attention else None
+                if y is not None:  # None: the kernel leaves this length to SDPA
+                    return self.c_proj(y)
                 if last_only:  # the last position attends to every one: no mask
                     q, T = q[:, :, -1:], 1
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)

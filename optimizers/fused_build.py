@@ -24,7 +24,7 @@ SOURCE = Path(__file__).with_name("fused_decode.c")
 PREFILL_SOURCE = Path(__file__).with_name("fused_prefill.c")
 MATH_HEADER = Path(__file__).with_name("fused_math.h")  # included by both sources
 HEADERS = [MATH_HEADER, *(Path(__file__).with_name(f"fused_{h}.h")
-                          for h in ("argmax", "gemv", "steal", "weights"))]
+                          for h in ("argmax", "attend", "gemv", "steal", "weights"))]
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 _lib_lock = threading.Lock()
 _libs: dict[bool, ctypes.CDLL] = {}  # by int8

@@ -38,6 +38,7 @@
 #include <omp.h>
 
 #include "fused_argmax.h" /* Best, first_max, first_max_of */
+#include "fused_attend.h" /* key_scores, softmax, weighted_rows, sum, panels */
 #include "fused_math.h"   /* NB, VW, NV, vf, LOAD, vexp, vgelu_tanh, hsum_nb */
 #include "fused_gemv.h"   /* gemv_panel_rows, gemv_rows_block_rows, panel_f; wt, WLOAD */
 #include "fused_steal.h"  /* Span, items_begin, next_item: work stealing */
@@ -83,18 +84,6 @@ typedef struct {
     const float *s_head; /* int8 weights: the head's scale per vocabulary column, else NULL */
 } Model;
 
-static inline float sum(const float *a, int64_t n) {
-    vf acc[NV] = {{0}};
-    float lanes[NB];
-    int64_t i = 0;
-    for (; i + NB <= n; i += NB)
-        for (int h = 0; h < NV; h++) acc[h] += LOAD(a + i + h * VW);
-    memcpy(lanes, acc, sizeof lanes);
-    float s = hsum_nb(lanes);
-    for (; i < n; i++) s += a[i];
-    return s;
-}
-
 static void layer_norm(const float *x, const float *w, const float *b, int64_t n, float eps,
                        float *out) {
     float mean = sum(x, n) / (float)n;
@@ -113,39 +102,6 @@ static void gelu_tanh_block(float *h, const float *scale, const float *bias, int
         STORE(h + j, g);
     }
 }
-
-/* scores[0..n) = softmax(scores[0..n)); scores has room for n rounded up to NB */
-static void softmax(float *scores, int64_t n) {
-    float mx = -INFINITY;
-    for (int64_t p = 0; p < n; p++) mx = scores[p] > mx ? scores[p] : mx;
-    for (int64_t p = 0; p < n; p += VW) {
-        vf e = vexp(LOAD(scores + p) - mx);
-        STORE(scores + p, e);
-    }
-    float denom = sum(scores, n), inv = 1.f / denom;
-    for (int64_t p = 0; p < n; p++) scores[p] *= inv;
-}
-
-/* yh[0..hs) = scores[0..n) @ v rows (n x hs): four chunks of a row at a time, so four
- * independent accumulators are in flight instead of one chain per chunk */
-static void weighted_rows(const float *scores, const float *v, int64_t n, int64_t hs, float *yh) {
-    int64_t c = 0;
-    for (; c + 4 * NB <= hs; c += 4 * NB) {
-        vf a[4 * NV] = {{0}}; /* 4 NB-wide chunks */
-        for (int64_t p = 0; p < n; p++) {
-            const float *vp = v + p * hs + c;
-            for (int j = 0; j < 4 * NV; j++) a[j] += scores[p] * LOAD(vp + j * VW);
-        }
-        for (int j = 0; j < 4 * NV; j++) STORE(yh + c + j * VW, a[j]);
-    }
-    for (; c < hs; c += VW) { /* hs is a multiple of NB (fused_layout.py) */
-        vf acc = {0};
-        for (int64_t p = 0; p < n; p++) acc += scores[p] * LOAD(v + p * hs + c);
-        STORE(yh + c, acc);
-    }
-}
-
-static inline int64_t panels(int64_t n) { return (n + NB - 1) / NB; }
 
 /* floats of per-thread scratch: residual x, normed xn (batch x C each), q/k/v of a head
  * (batch x 3 x hs), a head's output (batch x hs), attention scores (max_len rounded up to
@@ -228,18 +184,9 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
             for (int64_t p = m->k_mirrored < pos ? m->k_mirrored : pos; p <= pos; p++)
                 for (int64_t d = 0; d < hs; d++)
                     kt[(p / NB) * hs * NB + d * NB + p % NB] = kc[p * hs + d];
-            /* NB positions' scores at a time, q's elements broadcast down a panel of keys: no
-             * horizontal sum a position.  (Dot products of the cache's rows: the attention
-             * math ~25 % longer on one core, a gpt2 step 0.5 %: 2 x 40 paired A/B runs.) */
-            for (int64_t p = 0; p <= pos; p += NB) {
-                panel_f(q, kt + (p / NB) * hs * NB, hs, scores + p);
-                for (int v = 0; v < NV; v++) {
-                    vf s = LOAD(scores + p + v * VW) * scale;
-                    STORE(scores + p + v * VW, s);
-                }
-            }
+            key_scores(q, kt, pos + 1, hs, scale, scores);
             softmax(scores, pos + 1);
-            weighted_rows(scores, vc, pos + 1, hs, yh + b * hs);
+            weighted_rows(scores, vc, pos + 1, hs, hs, yh + b * hs);
         }
         /* head h's rows of c_proj, every sequence at once */
         gemv_rows_block_rows(yh, hs, m->batch, L->w_o + h * L->head_stride, hs, C, part, C);

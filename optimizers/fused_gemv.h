@@ -102,8 +102,9 @@ static inline __attribute__((always_inline)) void rows_block_R(const float *h, i
         }                                                                                   \
     }
 
-/* out + b * ldo = (x + b * ldx) @ panel for b < n */
-static void gemv_panel_rows(const float *x, int64_t ldx, int64_t n, const wt *w, int64_t K,
+/* out + b * ldo = (x + b * ldx) @ panel for b < n.  (unused: fused_prefill.c includes
+ * this header for panel_f alone.) */
+static __attribute__((unused)) void gemv_panel_rows(const float *x, int64_t ldx, int64_t n, const wt *w, int64_t K,
                             float *out, int64_t ldo) {
 #define PANEL_CALL(R) panel_R(x + r0 * ldx, ldx, R, w, K, out + r0 * ldo, ldo)
     ROWS_DISPATCH(n, PANEL_CALL)
@@ -111,8 +112,10 @@ static void gemv_panel_rows(const float *x, int64_t ldx, int64_t n, const wt *w,
 }
 
 /* part + b * ldp = (h + b * ldh) @ a row block for b < n */
-static void gemv_rows_block_rows(const float *h, int64_t ldh, int64_t n, const wt *blk,
-                                 int64_t rows, int64_t C, float *part, int64_t ldp) {
+static __attribute__((unused)) void gemv_rows_block_rows(const float *h, int64_t ldh,
+                                                        int64_t n, const wt *blk,
+                                                        int64_t rows, int64_t C, float *part,
+                                                        int64_t ldp) {
 #define ROWS_CALL(R) rows_block_R(h + r0 * ldh, ldh, R, blk, rows, C, part + r0 * ldp, ldp)
     ROWS_DISPATCH(n, ROWS_CALL)
 #undef ROWS_CALL

@@ -25,13 +25,16 @@ _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 
 
 def declare(lib: ctypes.CDLL) -> None:
-    """Argument types of fused_prefill.c's two entry points."""
+    """Argument types of fused_prefill.c's entry points."""
     lib.gpteval_gemm_panels.restype = ctypes.c_int
     lib.gpteval_gemm_panels.argtypes = [_P, _I64, _I64, _P, _P, _I64, _P, _P, _P, _I64,
                                         ctypes.c_int, ctypes.c_int]
     lib.gpteval_gemm_row_blocks.restype = ctypes.c_int
     lib.gpteval_gemm_row_blocks.argtypes = [_P, _I64, _P, _I64, _I64, _I64, _P, _P, _P,
                                             ctypes.c_int]
+    lib.gpteval_prefill_attention.restype = ctypes.c_int
+    lib.gpteval_prefill_attention.argtypes = [_P, _I64, _I64, _I64, _I64, ctypes.c_int, _P,
+                                              ctypes.c_int]
 
 
 class ArenaProjection(nn.Module):
@@ -99,6 +102,46 @@ class ArenaProjection(nn.Module):
                 + (", then gelu" if self.gelu else ""))
 
 
+class PrefillAttention:
+    """A prefill's causal self-attention from position 0 on the kernel
+    (gpteval_prefill_attention in fused_prefill.c): qkv (B, T, 3 * width), c_attn's output,
+    to y (B, T, width), or (B, 1, width) with `last_only`; the model has already written
+    the keys and values to its cache.  The decode step's own attention math, every
+    position against the ones before it; sums in another order than torch's SDPA (the
+    logits move by rounding, ~1e-6).  A model attribute, not a module: it holds no state
+    but the library and the head count.
+
+    Prompts longer than MAX_POSITIONS it leaves to SDPA (returns None): it takes each
+    query alone, where SDPA's flash kernel works in blocks of queries.  gpt2's 12 heads,
+    2 threads, a Zen 3: 32 positions 0.06 ms against SDPA's 0.23, 128: 0.54 against 0.81,
+    512: 7.9 against 8.7, 1024: 31.0 against 23.2."""
+
+    MAX_POSITIONS = 512
+
+    def __init__(self, lib: ctypes.CDLL, n_head: int) -> None:
+        self.lib, self.n_head = lib, n_head
+
+    def __call__(self, qkv: torch.Tensor, last_only: bool) -> torch.Tensor | None:
+        if qkv.shape[1] > self.MAX_POSITIONS:
+            return None
+        if qkv.device.type != "cpu" or in_graph_capture() or qkv.requires_grad:
+            raise RuntimeError("a fused-decode model's prefill attention runs CPU inference "
+                               "only: build the variant from the unoptimized model for that")
+        if qkv.dtype != torch.float32 or not qkv.is_contiguous():
+            qkv = qkv.to(torch.float32).contiguous()
+        B, T, three_w = qkv.shape
+        width = three_w // 3
+        y = torch.empty(B, 1 if last_only else T, width, dtype=torch.float32)
+        rc = self.lib.gpteval_prefill_attention(qkv.data_ptr(), B, T, self.n_head,
+                                                width // self.n_head, int(last_only),
+                                                y.data_ptr(), torch.get_num_threads())
+        if rc == -2:
+            raise MemoryError(f"no memory for the fused prefill's keys ({T} positions)")
+        if rc != 0:
+            raise RuntimeError(f"fused prefill attention failed ({rc})")
+        return y
+
+
 class ArenaMLP(nn.Module):
     """A block's MLP on the arena: c_fc with GPT-2's gelu inside its GEMM (the decode
     kernel's own vectorized gelu, fused_math.h), then the second projection.  The gelu as
@@ -159,7 +202,7 @@ def route_embedding(model: nn.Module, head_in_out: torch.Tensor, arena, nb: int)
 
 def route_projections(model: nn.Module, arena, lib: ctypes.CDLL, nb: int, rb: int) -> None:
     """Swap each block's four projections for ArenaProjections over `arena` (built from
-    them: same values), in place."""
+    them: same values), and give its attention the kernel's prefill attention, in place."""
     for i, block in enumerate(model.transformer.h):
         attn = block.attn
         c = attn.c_attn.in_features
@@ -188,6 +231,7 @@ def route_projections(model: nn.Module, arena, lib: ctypes.CDLL, nb: int, rb: in
         attn.c_proj = ArenaProjection(lib, arena, width, c, ptr["b_o"],
                                       items=[ptr["w_o"] + es * h * head_stride
                                              for h in range(nh)], rows=hs, scale=sc["s_o"])
+        attn.prefill_attention = PrefillAttention(lib, nh)
         # the MLP runs at the copy's padded width: padded units have zero weights and bias,
         # gelu(0) = 0, and zero rows in the second projection
         block.mlp = ArenaMLP(
@@ -199,5 +243,5 @@ def route_projections(model: nn.Module, arena, lib: ctypes.CDLL, nb: int, rb: in
                                    for u in range(hidden // rb)], rows=rb, scale=sc["s_fc2"]))
 
 
-__all__ = ["ArenaMLP", "ArenaProjection", "HeadEmbedding", "declare", "route_embedding",
-           "route_projections"]
+__all__ = ["ArenaMLP", "ArenaProjection", "HeadEmbedding", "PrefillAttention", "declare",
+           "route_embedding", "route_projections"]

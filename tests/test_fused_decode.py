@@ -211,6 +211,59 @@ def test_prefill_projections_match_the_ones_they_replace(tmp_path, cfg):
         fused.model.transformer.h[0].mlp.c_fc(torch.randn(2, cfg.n_embd, requires_grad=True))
 
 
+def test_prefill_attention_is_causal_attention(tmp_path):
+    """The kernel's prefill attention (each block's, from c_attn's output) gives torch's
+    causal SDPA, at prompt lengths below, at and past a panel of 16 keys, for each
+    sequence of a batch alone, at 1 and 3 threads; its last_only output is the last
+    position's, the same bits."""
+    import torch.nn.functional as F
+
+    fused = build("fused-decode", model(), tmp_path)
+    attend = fused.model.transformer.h[0].attn.prefill_attention
+    assert isinstance(attend, fused_prefill.PrefillAttention)
+    nh, width = CFG.n_head, CFG.n_embd
+    before = torch.get_num_threads()
+    try:
+        for B, T in [(1, 1), (1, 2), (2, 15), (1, 16), (2, 17), (1, 40)]:
+            qkv = 3 * torch.randn(B, T, 3 * width, generator=torch.Generator().manual_seed(T))
+            q, k, v = (t.view(B, T, nh, width // nh).transpose(1, 2)
+                       for t in qkv.split(width, dim=2))
+            want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            want = want.transpose(1, 2).reshape(B, T, width)
+            for threads in (1, 3):
+                torch.set_num_threads(threads)
+                got = attend(qkv, False)
+                assert got.shape == (B, T, width)
+                # float32 rounding in another order than SDPA's: ~2e-6 of the largest output
+                tol = 4e-6 * want.abs().max().item()
+                assert (got - want).abs().max().item() < tol, (B, T, threads)
+                assert torch.equal(attend(qkv, True), got[:, -1:]), (B, T, threads)
+    finally:
+        torch.set_num_threads(before)
+    # past its length limit it leaves the prompt to SDPA, and the prefill still matches
+    # eager's; within it, the model takes the kernel's output
+    ids = torch.randint(0, CFG.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
+    eager = build("eager", model(), tmp_path)
+    eager.reset(1, 64)
+    want = eager.prefill(ids)
+    calls, real = [], fused_prefill.PrefillAttention.__call__
+
+    def spy(self, qkv, last_only):
+        calls.append(real(self, qkv, last_only))
+        return calls[-1]
+
+    for limit, used in ((16, False), (40, True)):
+        for block in fused.model.transformer.h:
+            block.attn.prefill_attention.MAX_POSITIONS = limit
+        calls.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(fused_prefill.PrefillAttention, "__call__", spy)
+            fused.reset(1, 64)
+            got = fused.prefill(ids)
+        assert all((y is not None) == used for y in calls) and calls, limit
+        assert (got - want).abs().max().item() < 1e-4, limit
+
+
 def test_each_threads_share_of_a_phase_is_one_stream(tmp_path):
     """A work item's matrices sit side by side (a head's q, k, v panels then its c_proj rows;
     a unit block's c_fc panels then its c_proj rows), and item after item: the byte ranges
