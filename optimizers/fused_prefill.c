@@ -151,10 +151,10 @@ static inline void tiles(const float *x, int nr, const PanelAt *at, int n, int64
  * xp[(b * K + k) * R + r] = x[b * R + r][k], rows past T zero.  Why: a tile's broadcasts
  * then read one sequential stream instead of R rows K floats apart (at K = 3072, the MLP's
  * second projection, 12 KB apart: one L1 set for all R of them, the likely cause of what
- * was measured).  Zen 3, gpt2 prefill of 128 in the engine, 58 paired rounds: 1.07x faster
- * than unpacked (both with ROWS_LEFT); in a harness that re-runs one GEMM on inputs
- * already in cache, the MLP's second projection 1.05x, the others 0.96-0.99x (the packing's
- * cost): the gain is on inputs fresh from the op before, which is how a prefill meets them. */
+ * was measured).  Zen 3, gpt2 prefill of 128 in the engine, against unpacked (both with
+ * ROWS_LEFT): 1.07x and 1.01x (two runs of 58 paired rounds), its four GEMMs alone 1.03x
+ * (38); in a harness that re-runs one GEMM on inputs already in cache, the MLP's second
+ * projection 1.05x, the others 0.96-0.99x (the packing's cost). */
 static void pack_block(const float *x, int64_t T, int64_t K, int64_t b, float *xp) {
     const int64_t nr = T - b * R < R ? T - b * R : R;
     float *dst = xp + b * K * R;
