@@ -1,5 +1,6 @@
 """fused-decode's prefill projections: the model's four block projections read from the
-kernel's own weight copy (WeightArena), through fused_prefill.c.
+kernel's own weight copy (WeightArena), through fused_prefill.c; and its prefill attention
+(PrefillAttention), the decode step's attention math over every prompt position.
 
 Why: the decode kernel needs its weights laid out for it (column panels, row blocks, each
 work item's pieces side by side); eager's prefill ran on a second, oneDNN-packed copy of
