@@ -135,8 +135,12 @@ def test_side_by_side_measures_each_variant_every_round_against_the_first():
     lines = proc.stdout.splitlines()
     rounds = [line for line in lines if line.startswith("round ")]
     assert len(rounds) == 2 and all(line.count("tok/s") == 2 for line in rounds)
-    # the ratios are each round's tok/s over the first variant's: the first is 1 exactly
-    assert lines[-1].startswith("median over rounds, against eager: eager 1.000, bf16 ")
+    assert all(line.count("TTFT") == 2 for line in rounds)
+    # the ratios are each round's tok/s over the first variant's (its TTFT over each
+    # one's): the first is 1 exactly
+    assert lines[-2].startswith("median over rounds, against eager: eager 1.000, bf16 ")
+    assert lines[-1].startswith("TTFT, median over rounds of eager's over each: eager 1.000, "
+                                "bf16 ")
 
 
 def test_side_by_side_names_a_pass_it_cannot_build_in_one_line():

@@ -7,8 +7,9 @@ between rounds (the Zen 5 CI hosts: ~90 GB/s or ~50 within minutes).
 Builds each variant as `gpteval run` does, then each round runs the harness's latency
 protocol (`latency_at_batch`, batch 1, with its bandwidth probes right before and after)
 for every variant in turn, the order reversed every other round so that neither always goes
-first.  Prints per round each variant's decode tok/s and the probe beside it, then per
-variant the median over rounds of its tok/s over the first variant's in the same round.
+first.  Prints per round each variant's decode tok/s, TTFT and the probe beside it, then
+per variant the median over rounds of its tok/s over the first variant's in the same round,
+and of the first variant's TTFT over its own (both: above 1 is faster than the first).
 """
 
 from __future__ import annotations
@@ -56,19 +57,24 @@ def main() -> None:
     # a measured ceiling makes latency_at_batch probe beside each round, as in a run
     ceilings = {"memory_bandwidth_gbs": bandwidth_probe_gbs()}
     ratios: dict[str, list[float]] = {v: [] for v in variants}
+    ttft_ratios: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else variants[::-1]
-        tok_s, probe = {}, {}
+        tok_s, ttft, probe = {}, {}, {}
         for v in order:
             m = latency_at_batch(engines[v], 1, protocol, ceilings=ceilings)["metrics"]
-            tok_s[v], probe[v] = m["decode_tok_s"], m.get("bandwidth_probe_gbs")
+            tok_s[v], ttft[v] = m["decode_tok_s"], m["ttft_ms"]
+            probe[v] = m.get("bandwidth_probe_gbs")
         for v in variants:
             ratios[v].append(tok_s[v] / tok_s[variants[0]])
+            ttft_ratios[v].append(ttft[variants[0]] / ttft[v])
         print(f"round {r}: " + "  ".join(
-            f"{v} {tok_s[v]:.1f} tok/s (probe {probe[v] or float('nan'):.1f} GB/s)"
-            for v in variants), flush=True)
+            f"{v} {tok_s[v]:.1f} tok/s, TTFT {ttft[v]:.1f} ms "
+            f"(probe {probe[v] or float('nan'):.1f} GB/s)" for v in variants), flush=True)
     print(f"median over rounds, against {variants[0]}: " + ", ".join(
         f"{v} {statistics.median(x):.3f}" for v, x in ratios.items()))
+    print(f"TTFT, median over rounds of {variants[0]}'s over each: " + ", ".join(
+        f"{v} {statistics.median(x):.3f}" for v, x in ttft_ratios.items()))
 
 
 if __name__ == "__main__":
