@@ -28,6 +28,11 @@ static inline float sum(const float *a, int64_t n) {
     return s;
 }
 
+/* key p (k[0..hs)) into its place in the panels kt */
+static inline void put_key(float *kt, int64_t p, int64_t hs, const float *k) {
+    for (int64_t d = 0; d < hs; d++) kt[(p / NB) * hs * NB + d * NB + p % NB] = k[d];
+}
+
 /* scores[0..n) = q[0..hs) . key p * scale, keys p < n in the panels kt; scores has room
  * for n rounded up to NB (the last panel's positions past n are computed, not used) */
 static inline void key_scores(const float *q, const float *kt, int64_t n, int64_t hs,

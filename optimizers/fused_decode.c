@@ -38,7 +38,7 @@
 #include <omp.h>
 
 #include "fused_argmax.h" /* Best, first_max, first_max_of */
-#include "fused_attend.h" /* key_scores, softmax, weighted_rows, sum, panels */
+#include "fused_attend.h" /* put_key, key_scores, softmax, weighted_rows, sum */
 #include "fused_math.h"   /* NB, VW, NV, vf, LOAD, vexp, vgelu_tanh, hsum_nb */
 #include "fused_gemv.h"   /* gemv_panel_rows, gemv_rows_block_rows, panel_f; wt, WLOAD */
 #include "fused_steal.h"  /* Span, items_begin, next_item: work stealing */
@@ -182,8 +182,7 @@ static void attention_phase(const Model *m, const Layer *L, int t, int nt, int64
             float *kt = L->kt_cache + ((b * nh + h) * panels(m->max_len)) * hs * NB;
             /* the keys a prefill wrote, then this one (always: a caller may go back) */
             for (int64_t p = m->k_mirrored < pos ? m->k_mirrored : pos; p <= pos; p++)
-                for (int64_t d = 0; d < hs; d++)
-                    kt[(p / NB) * hs * NB + d * NB + p % NB] = kc[p * hs + d];
+                put_key(kt, p, hs, kc + p * hs);
             key_scores(q, kt, pos + 1, hs, scale, scores);
             softmax(scores, pos + 1);
             weighted_rows(scores, vc, pos + 1, hs, hs, yh + b * hs);

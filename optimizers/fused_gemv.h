@@ -102,10 +102,12 @@ static inline __attribute__((always_inline)) void rows_block_R(const float *h, i
         }                                                                                   \
     }
 
-/* out + b * ldo = (x + b * ldx) @ panel for b < n.  (unused: fused_prefill.c includes
- * this header for panel_f alone.) */
-static __attribute__((unused)) void gemv_panel_rows(const float *x, int64_t ldx, int64_t n, const wt *w, int64_t K,
-                            float *out, int64_t ldo) {
+/* The decode step's two GEMVs over a batch (marked unused: fused_prefill.c includes this
+ * header for panel_f alone). */
+/* out + b * ldo = (x + b * ldx) @ panel for b < n */
+static __attribute__((unused)) void gemv_panel_rows(const float *x, int64_t ldx, int64_t n,
+                                                   const wt *w, int64_t K, float *out,
+                                                   int64_t ldo) {
 #define PANEL_CALL(R) panel_R(x + r0 * ldx, ldx, R, w, K, out + r0 * ldo, ldo)
     ROWS_DISPATCH(n, PANEL_CALL)
 #undef PANEL_CALL

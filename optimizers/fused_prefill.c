@@ -299,9 +299,9 @@ int gpteval_prefill_attention(const float *qkv, int64_t B, int64_t T, int64_t nh
             }
             const int64_t b = item / nh, h = item % nh;
             const float *seq = qkv + b * T * ld, *k = seq + W + h * hs, *v = seq + 2 * W + h * hs;
-            for (int64_t p = 0; p < np * NB; p++) /* positions past T: zero keys, unused */
-                for (int64_t d = 0; d < hs; d++)
-                    kt[(p / NB) * hs * NB + d * NB + p % NB] = p < T ? k[p * ld + d] : 0.f;
+            /* the last panel's positions past T: zero keys, their scores unused */
+            memset(kt + (np - 1) * hs * NB, 0, hs * NB * sizeof(float));
+            for (int64_t p = 0; p < T; p++) put_key(kt, p, hs, k + p * ld);
             for (int64_t p = 0; p < T; p++) /* the values side by side: read once a query */
                 memcpy(vs + p * hs, v + p * ld, hs * sizeof(float));
             for (int64_t t = last_only ? T - 1 : 0; t < T; t++) {
