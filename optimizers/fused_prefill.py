@@ -25,6 +25,19 @@ from gpteval.packed import in_graph_capture
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 
 
+def kernel_input(x: torch.Tensor, what: str) -> torch.Tensor:
+    """x as the kernel reads it (float32, contiguous); the error for what it cannot serve
+    (another device, autograd, a graph being traced), naming `what` refused it."""
+    if x.device.type != "cpu" or in_graph_capture() or (
+            torch.is_grad_enabled() and x.requires_grad):
+        raise RuntimeError(f"a fused-decode model's {what} CPU inference only (no autograd, "
+                           "compile or export): build the variant from the unoptimized "
+                           "model for that")
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        x = x.to(torch.float32).contiguous()
+    return x
+
+
 def declare(lib: ctypes.CDLL) -> None:
     """Argument types of fused_prefill.c's entry points."""
     lib.gpteval_gemm_panels.restype = ctypes.c_int
@@ -68,14 +81,7 @@ class ArenaProjection(nn.Module):
         self.gelu = gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or in_graph_capture() or (
-                torch.is_grad_enabled() and x.requires_grad):
-            raise RuntimeError("a fused-decode model's projections run CPU inference only "
-                               "(no autograd, compile or export): build the variant from "
-                               "the unoptimized model for that")
-        x2 = x.reshape(-1, self.in_features)
-        if x2.dtype != torch.float32 or not x2.is_contiguous():
-            x2 = x2.to(torch.float32).contiguous()
+        x2 = kernel_input(x.reshape(-1, self.in_features), "projections run")
         out = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
         threads = torch.get_num_threads()
         if self._by_panels:
@@ -125,11 +131,7 @@ class PrefillAttention:
     def __call__(self, qkv: torch.Tensor, last_only: bool) -> torch.Tensor | None:
         if qkv.shape[1] > self.MAX_POSITIONS:
             return None
-        if qkv.device.type != "cpu" or in_graph_capture() or qkv.requires_grad:
-            raise RuntimeError("a fused-decode model's prefill attention runs CPU inference "
-                               "only: build the variant from the unoptimized model for that")
-        if qkv.dtype != torch.float32 or not qkv.is_contiguous():
-            qkv = qkv.to(torch.float32).contiguous()
+        qkv = kernel_input(qkv, "prefill attention runs")
         B, T, three_w = qkv.shape
         width = three_w // 3
         y = torch.empty(B, 1 if last_only else T, width, dtype=torch.float32)
