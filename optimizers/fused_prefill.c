@@ -26,6 +26,7 @@
 
 #include "fused_attend.h"  /* key_scores, softmax, weighted_rows: the decode step's own */
 #include "fused_math.h"    /* NB, VW, NV, vf, LOAD, vgelu_tanh: the decode step's own gelu */
+#include "fused_steal.h"   /* Span, items_begin, next_item: the decode step's work stealing */
 #include "fused_weights.h" /* wt, WLOAD: the weight copy's element type */
 
 #ifndef GPTEVAL_TILE_R /* -D overrides: for measuring other tiles */
@@ -190,6 +191,22 @@ static float *thread_buffer(int slot, int64_t n) {
     return buf[slot];
 }
 
+/* How the GEMMs and the attention share their work items (groups of output panels;
+ * sequence-heads) among threads: even shares, then stealing from the back of a slower
+ * thread's (fused_steal.h), where an `omp for schedule(static)` had each thread do its
+ * half.  Why: this host's two vCPUs run at different speeds at the same moment (a
+ * dependent-add loop on both at once: 2.4 and 3.0 GHz, then 1.8 and 2.4), and the faster
+ * one waited at the loop's end.  Each item writes its own outputs and sums in the same
+ * order whichever thread takes it, so the bits do not change.  Zen 3, gpt2 prefill of 128
+ * in the engine, paired rounds: 1.040x (80 rounds, the GEMMs alone), 1.059x (80, with the
+ * attention), `fused-decode:int8` 1.057x (40).
+ * `name`: a zeroed Span (an empty range) for each of n threads, on the caller's stack and
+ * cache-line aligned, shared by the parallel region that follows. */
+#define SPANS(name, n)                                                                     \
+    char name##_mem[((n) + 1) * sizeof(Span)];                                             \
+    Span *name = (Span *)(((uintptr_t)name##_mem + 63) & ~(uintptr_t)63);                  \
+    memset(name, 0, (n) * sizeof(Span))
+
 /* Prefetch into L2 the part `part` of `parts` of n floats at p: the next group's weights,
  * spread over the current one's row blocks (a panel's first tile would otherwise wait on
  * memory: the hardware prefetcher runs only a few lines ahead of so slow a stream). */
@@ -210,11 +227,13 @@ int gpteval_gemm_panels(const float *x, int64_t T, int64_t K, const wt *const *w
     const int64_t row_blocks = (T + R - 1) / R, groups = (n_panels + NP - 1) / NP;
     float *xp = thread_buffer(PACKED, row_blocks * R * K);
     if (!xp && T) return -2;
+    SPANS(spans, nthreads);
 #pragma omp parallel num_threads(nthreads)
     {
-    pack_input(x, T, K, xp);
-#pragma omp for schedule(static)
-    for (int64_t g = 0; g < groups; g++)
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    items_begin(spans, t, nt, groups);
+    pack_input(x, T, K, xp); /* its barrier: every range set before any is stolen from */
+    for (int64_t g; (g = next_item(spans, t, nt)) >= 0;)
         for (int64_t rb = 0; rb < row_blocks; rb++) {
             const int nr = (int)(T - rb * R < R ? T - rb * R : R);
             for (int64_t q = (g + 1) * NP; q < (g + 2) * NP && q < n_panels; q++)
@@ -244,11 +263,13 @@ int gpteval_gemm_row_blocks(const float *x, int64_t T, const wt *const *items,
     const int64_t row_blocks = (T + R - 1) / R, ldx = n_items * rows, np = C / NB;
     float *xp = thread_buffer(PACKED, row_blocks * R * ldx);
     if (!xp && T) return -2;
+    SPANS(spans, nthreads);
 #pragma omp parallel num_threads(nthreads)
     {
-    pack_input(x, T, ldx, xp);
-#pragma omp for schedule(static)
-    for (int64_t g = 0; g < (np + NP - 1) / NP; g++)
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    items_begin(spans, t, nt, (np + NP - 1) / NP);
+    pack_input(x, T, ldx, xp); /* its barrier: every range set before any is stolen from */
+    for (int64_t g; (g = next_item(spans, t, nt)) >= 0;)
         for (int64_t rb = 0; rb < row_blocks; rb++) {
             const int nr = (int)(T - rb * R < R ? T - rb * R : R);
             for (int64_t q = (g + 1) * NP; q < (g + 2) * NP && q < np; q++) /* the next group's */
@@ -286,16 +307,19 @@ int gpteval_prefill_attention(const float *qkv, int64_t B, int64_t T, int64_t nh
     const int64_t W = nh * hs, ld = 3 * W, np = panels(T), t_out = last_only ? 1 : T;
     const float scale = 1.f / sqrtf((float)hs);
     int err = 0;
+    SPANS(spans, nthreads);
 #pragma omp parallel num_threads(nthreads)
     {
+        const int th = omp_get_thread_num(), nt = omp_get_num_threads();
+        items_begin(spans, th, nt, B * nh);
         float *kt = thread_buffer(KEYS, 2 * np * NB * hs + np * NB);
         float *vs = kt ? kt + np * NB * hs : 0, *scores = kt ? vs + np * NB * hs : 0;
-#pragma omp for schedule(static)
-        for (int64_t item = 0; item < B * nh; item++) {
-            if (!kt) { /* every thread still meets the loop: no early exit from it */
+#pragma omp barrier /* every range set before any is stolen from */
+        for (int64_t item; (item = next_item(spans, th, nt)) >= 0;) {
+            if (!kt) { /* the other threads take this thread's items */
 #pragma omp atomic write
                 err = -2;
-                continue;
+                break;
             }
             const int64_t b = item / nh, h = item % nh;
             const float *seq = qkv + b * T * ld, *k = seq + W + h * hs, *v = seq + 2 * W + h * hs;
