@@ -48,6 +48,7 @@
 #endif
 #define R GPTEVAL_TILE_R
 #define NP GPTEVAL_TILE_NP
+#define PF_STEPS 16 /* k steps a row block's tile prefetches ahead: 16 lines of float32 */
 
 /* Where one output panel's weights (segments w, each at + woff), bias and output columns
  * are: the only thing the two GEMMs below do differently. */
@@ -66,24 +67,43 @@ typedef struct {
  * over the activation), else none.  NPT is NP, or 1 for
  * the panels left over: a macro, so that each copy has constant trip counts and keeps
  * its accumulators in registers. */
-#define TILE_STEPS(NPT, ROWS)                                                              \
-    for (int64_t k = 0; k < klen; k++) {                                                   \
+#define STEPS(NPT, ROWS, K0, K1, PREFETCH, PF, PFOFF)                                      \
+    for (int64_t k = (K0); k < (K1); k++) {                                                \
         vf wk[NPT][NV];                                                                    \
         for (int j = 0; j < NPT; j++)                                                      \
             for (int h = 0; h < NV; h++) wk[j][h] = WLOAD(ws[j] + k * NB + h * VW);        \
+        for (int j = 0; j < NPT && (PREFETCH); j++)                                        \
+            __builtin_prefetch(PF[j] + (k + (PFOFF)) * NB, 0, 3);                          \
         for (int r = 0; r < (ROWS); r++) {                                                 \
             float xr = xs[k * R + r];                                                      \
             for (int j = 0; j < NPT; j++)                                                  \
                 for (int h = 0; h < NV; h++) acc[j][r][h] += xr * wk[j][h];                \
         }                                                                                  \
     }
+/* A segment's k steps.  PREFETCH (the row blocks' tiles): each step also prefetches into
+ * L1 the weights PF_STEPS steps ahead, in the segment, then (its last PF_STEPS steps) the
+ * next segment's first.  Why only there: a row block's segment is `rows` k steps (64 on
+ * gpt2) and the next one lies elsewhere (another item's block), so the hardware
+ * prefetcher starts over every 64 steps; a column panel is one run of K.  Zen 3, one core,
+ * a 6-row tile over K = 3072 in segments of 64 (data in L2): 90 GF/s against 96 in one run
+ * of K, 94-95 with this prefetch.  gpt2, each GEMM over its 12 layers' weights, 2 threads,
+ * paired rounds: the MLP's second projection 1.084x, 1.074x (30 each) and 1.012x (20),
+ * attention's 0.98-1.02x; the column panels' GEMMs 0.99-1.00x with it (so not there).  The
+ * whole prefill: 0.999x (50) and 1.026x (80): a small gain against this host's noise. */
+#define TILE_STEPS(NPT, ROWS, PREFETCH)                                                    \
+    if (PREFETCH) {                                                                        \
+        STEPS(NPT, ROWS, 0, klen - PF_STEPS, 1, ws, PF_STEPS)                              \
+        STEPS(NPT, ROWS, klen - PF_STEPS < 0 ? 0 : klen - PF_STEPS, klen, 1, wn,           \
+              PF_STEPS - klen)                                                             \
+    } else                                                                                 \
+        STEPS(NPT, ROWS, 0, klen, 0, ws, 0)
 /* A case for N rows left over, N < R (N >= R: no such case, the default stands).  Why a
  * copy for each: one loop bounded by nr kept its accumulators in memory, and beside it gcc
  * gave the full tile's loop two register moves a step more.  Zen 3, gpt2's four GEMMs, A/B
  * in one process (21 paired rounds): 1.08x faster at 128 rows (2 left over a 6-row tile),
  * 1.07x at 126 (none left: the full tile's loop alone), 1.35x at 7, 1.7x at 1. */
-#define ROWS_LEFT(NPT, N)                                                                  \
-    case (N < R ? N : -N): TILE_STEPS(NPT, (N < R ? N : R)) break;
+#define ROWS_LEFT(NPT, N, PREFETCH)                                                        \
+    case (N < R ? N : -N): TILE_STEPS(NPT, (N < R ? N : R), PREFETCH) break;
 /* The tile in two parts: its sums (bias included for float32 weights) written to out, then,
  * where there is one, the epilogue over those rows (int8 scale and bias, gelu).  Why the
  * sums are a function of their own (noinline): with the epilogue beside it, gcc's register
@@ -92,7 +112,7 @@ typedef struct {
  * instructions of the loop and no more.  Zen 3, gpt2 prefill in the engine, 48 paired
  * rounds: the four GEMMs 1.035x faster than with the epilogue inline (its stores then
  * went through memcpy: see STORE in fused_math.h). */
-#define DEFINE_TILE(NAME, NPT)                                                             \
+#define DEFINE_TILE(NAME, NPT, PF)                                                         \
     static __attribute__((noinline)) void NAME##_sums(const float *x, int nr,              \
                                                       const PanelAt *at, int64_t klen,     \
                                                       int64_t nseg, int64_t ldo) {         \
@@ -105,15 +125,19 @@ typedef struct {
                 for (int h = 0; h < NV; h++) acc[j][r][h] = b[h];                          \
         }                                                                                  \
         for (int64_t s = 0; s < nseg; s++) {                                               \
-            const wt *ws[NPT];                                                             \
+            const wt *ws[NPT], *wn[NPT]; /* this segment's weights, the next one's */      \
             const float *xs = x + s * klen * R;                                            \
-            for (int j = 0; j < NPT; j++) ws[j] = at[j].w[s] + at[j].woff;                 \
+            for (int j = 0; j < NPT; j++) {                                                \
+                ws[j] = at[j].w[s] + at[j].woff;                                           \
+                wn[j] = at[j].w[s + 1 < nseg ? s + 1 : 0] + at[j].woff;                    \
+            }                                                                              \
             /* a constant row count keeps acc in registers, the rows left over too */      \
             switch (nr) {                                                                  \
-            case R: TILE_STEPS(NPT, R) break;                                              \
-            ROWS_LEFT(NPT, 1) ROWS_LEFT(NPT, 2) ROWS_LEFT(NPT, 3) ROWS_LEFT(NPT, 4)        \
-            ROWS_LEFT(NPT, 5) ROWS_LEFT(NPT, 6) ROWS_LEFT(NPT, 7)                          \
-            default: TILE_STEPS(NPT, nr) /* R > 8 (a -D tile), its rows left over */       \
+            case R: TILE_STEPS(NPT, R, PF) break;                                          \
+            ROWS_LEFT(NPT, 1, PF) ROWS_LEFT(NPT, 2, PF) ROWS_LEFT(NPT, 3, PF)              \
+            ROWS_LEFT(NPT, 4, PF) ROWS_LEFT(NPT, 5, PF) ROWS_LEFT(NPT, 6, PF)              \
+            ROWS_LEFT(NPT, 7, PF)                                                          \
+            default: TILE_STEPS(NPT, nr, PF) /* R > 8 (a -D tile), its rows left over */   \
             }                                                                              \
         }                                                                                  \
         for (int j = 0; j < NPT; j++)                                                      \
@@ -137,15 +161,21 @@ typedef struct {
                     STORE(o, v);                                                           \
                 }                                                                          \
     }
-DEFINE_TILE(tile_np, NP)
-DEFINE_TILE(tile_1, 1)
+DEFINE_TILE(tile_np, NP, 0)
+DEFINE_TILE(tile_1, 1, 0)
+/* the row blocks' tiles: PREFETCH (TILE_STEPS) with float32 weights; int8 weights (a line
+ * every 4 steps) were slower with it (gpt2 prefill 0.948x, 50 paired rounds) */
+DEFINE_TILE(rows_tile_np, NP, sizeof(wt) == 4)
+DEFINE_TILE(rows_tile_1, 1, sizeof(wt) == 4)
 
-/* A group of n panels: one NP-panel tile, or (the panels left over) one tile each. */
+/* A group of n panels: one NP-panel tile, or (the panels left over) one tile each;
+ * by_rows: the row blocks' tiles. */
 static inline void tiles(const float *x, int nr, const PanelAt *at, int n, int64_t klen,
-                         int64_t nseg, int64_t ldo, int gelu) {
-    if (n == NP) tile_np(x, nr, at, klen, nseg, ldo, gelu);
+                         int64_t nseg, int64_t ldo, int gelu, int by_rows) {
+    if (n == NP) (by_rows ? rows_tile_np : tile_np)(x, nr, at, klen, nseg, ldo, gelu);
     else
-        for (int j = 0; j < n; j++) tile_1(x, nr, at + j, klen, nseg, ldo, gelu);
+        for (int j = 0; j < n; j++)
+            (by_rows ? rows_tile_1 : tile_1)(x, nr, at + j, klen, nseg, ldo, gelu);
 }
 
 /* The input packed for the tiles: row block b's R rows interleaved k by k,
@@ -245,7 +275,7 @@ int gpteval_gemm_panels(const float *x, int64_t T, int64_t K, const wt *const *w
                 at[j] = (PanelAt){&w[p], 0, scale ? scale + col[p] : 0,
                                   bias ? bias + col[p] : 0, out + rb * R * ldo + col[p]};
             }
-            tiles(xp + rb * R * K, nr, at, n, K, 1, ldo, gelu);
+            tiles(xp + rb * R * K, nr, at, n, K, 1, ldo, gelu, 0);
         }
     }
     return 0;
@@ -282,7 +312,7 @@ int gpteval_gemm_row_blocks(const float *x, int64_t T, const wt *const *items,
                 at[j] = (PanelAt){items, cp * rows * NB, scale ? scale + cp * NB : 0,
                                   bias ? bias + cp * NB : 0, out + rb * R * C + cp * NB};
             }
-            tiles(xp + rb * R * ldx, nr, at, n, rows, n_items, C, 0);
+            tiles(xp + rb * R * ldx, nr, at, n, rows, n_items, C, 0, 1);
         }
     }
     return 0;
