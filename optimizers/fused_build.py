@@ -46,45 +46,52 @@ def build(int8: bool = False) -> ctypes.CDLL:
     """The compiled kernel library for float32 (or int8) weights, built once per source,
     compiler, flags and CPU."""
     with _lib_lock:
-        if int8 in _libs:
-            return _libs[int8]
-        flags = [*CFLAGS, "-DGPTEVAL_W_INT8"] if int8 else CFLAGS
-        cc = compiler()
-        if cc is None:
-            raise PassError("fused-decode needs a C compiler to build its kernel; install gcc "
-                            "or set CC")
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
-                                 check=False).stdout
-        sources = [SOURCE, PREFILL_SOURCE]
-        key = hashlib.sha256(b"".join(s.read_bytes() for s in [*sources, *HEADERS])
-                             + version.encode()
-                             + " ".join(flags).encode() + _cpu_id().encode()).hexdigest()[:16]
-        out = cache_dir() / f"fused_decode-{key}.so"
-        if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(f".{os.getpid()}.tmp")
-            proc = subprocess.run([cc, *flags, f"-I{MATH_HEADER.parent}", *map(str, sources),
-                                   "-o", str(tmp), "-lm"],
-                                  capture_output=True, text=True, check=False)
-            if proc.returncode != 0:  # e.g. a compiler without OpenMP: this host cannot run it
-                last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-                raise PassSkipped(f"its kernel did not build with {cc} ({last[:200]})")
-            os.replace(tmp, out)  # atomic: a concurrent build never loads half a file
-        lib = ctypes.CDLL(str(out))
-        lib.gpteval_decode_step.restype = ctypes.c_int
-        lib.gpteval_decode_step.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int]
-        lib.gpteval_head.restype = ctypes.c_int
-        lib.gpteval_head.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_void_p,
-                                                             ctypes.c_int]
-        lib.gpteval_scratch_floats.restype = ctypes.c_int64
-        lib.gpteval_scratch_floats.argtypes = [ctypes.c_void_p]
-        lib.gpteval_partials_floats.restype = ctypes.c_int64
-        lib.gpteval_partials_floats.argtypes = [ctypes.c_void_p]
-        lib.gpteval_head_items.restype = ctypes.c_int64
-        lib.gpteval_head_items.argtypes = [ctypes.c_void_p]
-        fused_prefill.declare(lib)
-        _libs[int8] = lib
-        return lib
+        if int8 not in _libs:
+            _libs[int8] = load_library(SOURCE.parent, int8)
+        return _libs[int8]
+
+
+def load_library(source_dir: Path, int8: bool = False) -> ctypes.CDLL:
+    """The kernel library compiled from the sources in `source_dir` (this package's, or
+    another revision's for an A/B: tools/kernel_ab.py), from the cache where it was built
+    before, with its entry points declared."""
+    flags = [*CFLAGS, "-DGPTEVAL_W_INT8"] if int8 else CFLAGS
+    cc = compiler()
+    if cc is None:
+        raise PassError("fused-decode needs a C compiler to build its kernel; install gcc "
+                        "or set CC")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                             check=False).stdout
+    sources = [source_dir / SOURCE.name, source_dir / PREFILL_SOURCE.name]
+    headers = [source_dir / h.name for h in HEADERS]
+    key = hashlib.sha256(b"".join(s.read_bytes() for s in [*sources, *headers])
+                         + version.encode()
+                         + " ".join(flags).encode() + _cpu_id().encode()).hexdigest()[:16]
+    out = cache_dir() / f"fused_decode-{key}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        proc = subprocess.run([cc, *flags, f"-I{source_dir}", *map(str, sources),
+                               "-o", str(tmp), "-lm"],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:  # e.g. a compiler without OpenMP: this host cannot run it
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            raise PassSkipped(f"its kernel did not build with {cc} ({last[:200]})")
+        os.replace(tmp, out)  # atomic: a concurrent build never loads half a file
+    lib = ctypes.CDLL(str(out))
+    lib.gpteval_decode_step.restype = ctypes.c_int
+    lib.gpteval_decode_step.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int]
+    lib.gpteval_head.restype = ctypes.c_int
+    lib.gpteval_head.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_void_p,
+                                                         ctypes.c_int]
+    lib.gpteval_scratch_floats.restype = ctypes.c_int64
+    lib.gpteval_scratch_floats.argtypes = [ctypes.c_void_p]
+    lib.gpteval_partials_floats.restype = ctypes.c_int64
+    lib.gpteval_partials_floats.argtypes = [ctypes.c_void_p]
+    lib.gpteval_head_items.restype = ctypes.c_int64
+    lib.gpteval_head_items.argtypes = [ctypes.c_void_p]
+    fused_prefill.declare(lib)
+    return lib
 
 
 def _cpu_id() -> str:

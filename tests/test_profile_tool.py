@@ -149,3 +149,47 @@ def test_side_by_side_names_a_pass_it_cannot_build_in_one_line():
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "fp32: unknown pass 'fp32'" in proc.stderr
+
+
+AB_TOOL = TOOL.parent / "kernel_ab.py"
+
+
+def _kernel_ab(base_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(AB_TOOL), "--base-dir", str(base_dir),
+                           "--model", "tiny", "--rounds", "2", "--repeats", "1", "--prompt",
+                           "20", *extra], capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def test_kernel_ab_swaps_the_prefill_kernel_between_two_builds(tmp_path):
+    """A copy of the kernel's own sources prefills the same bits; a copy whose prefill
+    attention scales the scores by half does not, so the tool really runs A's library."""
+    import shutil
+
+    from optimizers.fused_build import HEADERS, PREFILL_SOURCE, SOURCE
+
+    same, other = tmp_path / "same", tmp_path / "other"
+    for d in (same, other):
+        d.mkdir()
+        for path in (SOURCE, PREFILL_SOURCE, *HEADERS):
+            shutil.copy(path, d / path.name)
+    prefill = (other / PREFILL_SOURCE.name).read_text()
+    assert prefill.count("1.f / sqrtf((float)hs)") == 1
+    (other / PREFILL_SOURCE.name).write_text(
+        prefill.replace("1.f / sqrtf((float)hs)", "0.5f / sqrtf((float)hs)"))
+
+    proc = _kernel_ab(same)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "logits: the same bits" in proc.stdout
+    assert "A/B median over 2 rounds" in proc.stdout
+    proc = _kernel_ab(other)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "logits: max abs diff" in proc.stdout
+
+
+def test_kernel_ab_refuses_what_it_cannot_swap_in_one_line(tmp_path):
+    proc = _kernel_ab(tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no fused_decode.c there" in proc.stderr
+    proc = _kernel_ab(tmp_path, "--variant", "eager")
+    assert proc.returncode == 2 and "this tool swaps fused-decode's kernel" in proc.stderr
