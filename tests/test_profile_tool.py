@@ -193,3 +193,5 @@ def test_kernel_ab_refuses_what_it_cannot_swap_in_one_line(tmp_path):
     assert "no fused_decode.c there" in proc.stderr
     proc = _kernel_ab(tmp_path, "--variant", "eager")
     assert proc.returncode == 2 and "this tool swaps fused-decode's kernel" in proc.stderr
+    proc = _kernel_ab(tmp_path, "--rounds", "0")
+    assert proc.returncode == 2 and "positive count" in proc.stderr

@@ -65,13 +65,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="prefills per build a round")
     ap.add_argument("--prompt", type=int, default=128)
     args = ap.parse_args()
+    if min(args.rounds, args.repeats, args.prompt) < 1:
+        fail("--rounds, --repeats and --prompt take a positive count")
     sys.path.insert(0, str(ROOT))
 
     import torch
 
     from gpteval.engine import TorchEngine
+    from gpteval.errors import UserError
     from gpteval.weights import load_model
-    from optimizers import PassContext, fused_prefill, parse_pipeline, run_pipeline
+    from optimizers import (
+        PassContext,
+        PassError,
+        fused_prefill,
+        parse_pipeline,
+        run_pipeline,
+    )
+    from optimizers.base import PassSkipped
     from optimizers.fused_build import SOURCE, load_library
 
     if args.variant not in ("fused-decode", "fused-decode:int8"):
@@ -81,14 +91,21 @@ def main() -> None:
     if args.base_dir is not None and not (args.base_dir / SOURCE.name).is_file():
         fail(f"--base-dir {args.base_dir}: no {SOURCE.name} there; name the directory that "
              "holds the kernel's sources")
-    with tempfile.TemporaryDirectory() as tmp:
-        src_a = args.base_dir or base_sources(args.base, Path(tmp))
-        libs = {"A": load_library(Path(src_a), int8), "B": load_library(SOURCE.parent, int8)}
-    loaded = load_model(args.model)
-    ctx = PassContext(device="cpu", workdir=Path(tempfile.mkdtemp()), trained=loaded.trained,
-                      warmup_shape=(1, args.prompt + 1))
-    engine = run_pipeline(parse_pipeline(args.variant), TorchEngine(loaded.model, "cpu"), ctx,
-                          layout=True)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src_a = args.base_dir or base_sources(args.base, Path(tmp))
+            libs = {"A": load_library(Path(src_a), int8),
+                    "B": load_library(SOURCE.parent, int8)}
+        loaded = load_model(args.model)
+        if args.prompt >= loaded.model.config.n_positions:
+            fail(f"--prompt {args.prompt}: {args.model} holds "
+                 f"{loaded.model.config.n_positions} positions; take a shorter prompt")
+        ctx = PassContext(device="cpu", workdir=Path(tempfile.mkdtemp()),
+                          trained=loaded.trained, warmup_shape=(1, args.prompt + 1))
+        engine = run_pipeline(parse_pipeline(args.variant), TorchEngine(loaded.model, "cpu"),
+                              ctx, layout=True)
+    except (UserError, PassError, PassSkipped) as e:  # a user's error, or a host that
+        fail(f"{args.variant}: {e}")                  # cannot build the kernel
     users = [m for m in engine.model.modules() if isinstance(m, fused_prefill.ArenaProjection)]
     users += [b.attn.prefill_attention for b in engine.model.transformer.h
               if b.attn.prefill_attention is not None]
