@@ -70,18 +70,10 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
 
     import torch
+    from variant import build, build_errors
 
-    from gpteval.engine import TorchEngine
-    from gpteval.errors import UserError
     from gpteval.weights import load_model
-    from optimizers import (
-        PassContext,
-        PassError,
-        fused_prefill,
-        parse_pipeline,
-        run_pipeline,
-    )
-    from optimizers.base import PassSkipped
+    from optimizers import fused_prefill
     from optimizers.fused_build import SOURCE, load_library
 
     if args.variant not in ("fused-decode", "fused-decode:int8"):
@@ -100,12 +92,9 @@ def main() -> None:
         if args.prompt >= loaded.model.config.n_positions:
             fail(f"--prompt {args.prompt}: {args.model} holds "
                  f"{loaded.model.config.n_positions} positions; take a shorter prompt")
-        ctx = PassContext(device="cpu", workdir=Path(tempfile.mkdtemp()),
-                          trained=loaded.trained, warmup_shape=(1, args.prompt + 1))
-        engine = run_pipeline(parse_pipeline(args.variant), TorchEngine(loaded.model, "cpu"),
-                              ctx, layout=True)
-    except (UserError, PassError, PassSkipped) as e:  # a user's error, or a host that
-        fail(f"{args.variant}: {e}")                  # cannot build the kernel
+        engine = build(loaded, args.variant, max_len=args.prompt + 1)
+    except build_errors() as e:  # a user's error, or a host that cannot build the kernel
+        fail(f"{args.variant}: {e}")
     users = [m for m in engine.model.modules() if isinstance(m, fused_prefill.ArenaProjection)]
     users += [b.attn.prefill_attention for b in engine.model.transformer.h
               if b.attn.prefill_attention is not None]

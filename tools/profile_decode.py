@@ -38,20 +38,15 @@ def main() -> None:
     # inductor's generated CPU kernels show up in the profile one by one (e.g. each
     # decode GEMM of a compiled variant) instead of as one opaque compiled region
     import torch._inductor.config as inductor_config
+    from variant import build
 
-    from gpteval.engine import TorchEngine
     from gpteval.measure.latency import measure_latency
     from gpteval.weights import load_model
-    from optimizers import PassContext, parse_pipeline, run_pipeline
 
     inductor_config.cpp.enable_kernel_profile = True
     loaded = load_model(args.model)
     max_len = args.prompt + args.steps + 1
-    ctx = PassContext(device=args.device, workdir=Path(tempfile.mkdtemp()),
-                      trained=loaded.trained, warmup_shape=(args.batch, max_len))
-    # in the inference layout the worker measures (oneDNN packing on CPU)
-    engine = run_pipeline(parse_pipeline(args.variant), TorchEngine(loaded.model, args.device),
-                          ctx, layout=True)
+    engine = build(loaded, args.variant, args.device, args.batch, max_len)
     lat = measure_latency(engine, args.batch, args.prompt, args.steps + 1, warmup=1,
                           min_repeats=3, min_time_s=0.5)
     nbytes = engine.decode_nbytes()

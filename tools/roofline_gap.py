@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -84,19 +82,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64, help="decode steps per latency repeat")
     args = ap.parse_args()
 
-    from gpteval.engine import TorchEngine
+    from variant import build
+
     from gpteval.hugepages import huge_page_empty
     from gpteval.measure.ceilings import bandwidth_probe_gbs
     from gpteval.measure.latency import latency_at_batch
     from gpteval.weights import load_model
-    from optimizers import PassContext, parse_pipeline, run_pipeline
 
     loaded = load_model(args.model)
     max_len = args.prompt + args.steps + 1
-    ctx = PassContext(device="cpu", workdir=Path(tempfile.mkdtemp()), trained=loaded.trained,
-                      warmup_shape=(1, max_len))
-    engine = run_pipeline(parse_pipeline(args.variant), TorchEngine(loaded.model, "cpu"), ctx,
-                          layout=True)
+    engine = build(loaded, args.variant, max_len=max_len)
     engine.reset(1, max_len)  # the KV cache the decode reads exists from here on
     every = decode_tensors(engine, loaded.model)
     # biases and norms: a call each would time Python and thread start-up, not memory

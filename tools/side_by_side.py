@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
-from pathlib import Path
 
 
 def main() -> None:
@@ -31,26 +29,20 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128, help="new tokens per generation")
     args = ap.parse_args()
 
-    from gpteval.engine import TorchEngine
-    from gpteval.errors import UserError
+    from variant import build, build_errors
+
     from gpteval.measure.ceilings import bandwidth_probe_gbs
     from gpteval.measure.latency import latency_at_batch
     from gpteval.weights import load_model
-    from optimizers import PassContext, PassError, parse_pipeline, run_pipeline
-    from optimizers.base import PassSkipped
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     max_len = args.prompt + args.new
     engines = {}
     for v in variants:
-        try:
-            loaded = load_model(args.model)  # a fresh model each: passes change it in place
-            ctx = PassContext(device="cpu", workdir=Path(tempfile.mkdtemp()),
-                              trained=loaded.trained, warmup_shape=(1, max_len))
-            engines[v] = run_pipeline(parse_pipeline(v), TorchEngine(loaded.model, "cpu"), ctx,
-                                      layout=True)
-        except (UserError, PassError, PassSkipped) as e:  # a user's error, or a pass this
-            print(f"{v}: {e}", file=sys.stderr)           # host cannot run
+        try:  # a fresh model each: passes change it in place
+            engines[v] = build(load_model(args.model), v, max_len=max_len)
+        except build_errors() as e:
+            print(f"{v}: {e}", file=sys.stderr)
             sys.exit(2)
     protocol = {"prompt_len": args.prompt, "new_tokens": args.new, "warmup": 1,
                 "min_repeats": 3, "min_time_s": 1.0}
