@@ -22,9 +22,11 @@ from .base import PassError, PassSkipped
 
 SOURCE = Path(__file__).with_name("fused_decode.c")
 PREFILL_SOURCE = Path(__file__).with_name("fused_prefill.c")
+BLOCKS_SOURCE = Path(__file__).with_name("fused_blocks.c")  # a prefill's blocks, one call
+SOURCES = [SOURCE, PREFILL_SOURCE, BLOCKS_SOURCE]
 MATH_HEADER = Path(__file__).with_name("fused_math.h")  # included by both sources
 HEADERS = [MATH_HEADER, *(Path(__file__).with_name(f"fused_{h}.h")
-                          for h in ("argmax", "attend", "gemv", "steal", "weights"))]
+                          for h in ("argmax", "attend", "gemv", "norm", "steal", "weights"))]
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 _lib_lock = threading.Lock()
 _libs: dict[bool, ctypes.CDLL] = {}  # by int8
@@ -62,7 +64,7 @@ def load_library(source_dir: Path, int8: bool = False) -> ctypes.CDLL:
                         "or set CC")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True,
                              check=False).stdout
-    sources = [source_dir / SOURCE.name, source_dir / PREFILL_SOURCE.name]
+    sources = [source_dir / s.name for s in SOURCES]
     headers = [source_dir / h.name for h in HEADERS]
     key = hashlib.sha256(b"".join(s.read_bytes() for s in [*sources, *headers])
                          + version.encode()

@@ -41,6 +41,7 @@
 #include "fused_attend.h" /* put_key, key_scores, softmax, weighted_rows, sum */
 #include "fused_math.h"   /* NB, VW, NV, vf, LOAD, vexp, vgelu_tanh, hsum_nb */
 #include "fused_gemv.h"   /* gemv_panel_rows, gemv_rows_block_rows, panel_f; wt, WLOAD */
+#include "fused_norm.h"   /* layer_norm: the prefill's too */
 #include "fused_steal.h"  /* Span, items_begin, next_item: work stealing */
 
 #define RB 64 /* hidden units (rows of mlp.c_proj) a thread takes at a time */
@@ -83,15 +84,6 @@ typedef struct {
     Best *best;         /* gpteval_head_items() per sequence: each lm_head item's argmax */
     const float *s_head; /* int8 weights: the head's scale per vocabulary column, else NULL */
 } Model;
-
-static void layer_norm(const float *x, const float *w, const float *b, int64_t n, float eps,
-                       float *out) {
-    float mean = sum(x, n) / (float)n;
-    for (int64_t i = 0; i < n; i++) out[i] = (x[i] - mean) * (x[i] - mean);
-    float var = sum(out, n);
-    float rstd = 1.f / sqrtf(var / (float)n + eps);
-    for (int64_t i = 0; i < n; i++) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
-}
 
 /* GPT-2's gelu (tanh form, fused_math.h) over h[0..n) after the scale (int8 weights,
  * else NULL) and the bias; n: a multiple of VW. */

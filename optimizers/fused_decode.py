@@ -13,12 +13,15 @@ the reference: sums in another order (split-K partials, four accumulators), logi
 alone (the same bits at any batch size), and the greedy next token can come out of the
 lm_head phase (`decode_greedy`).
 
-What changes is `decode`.  Prefill stays the eager model's code (layer norms, SDPA),
-but its projections read the kernel's weight copy: the four block projections through
-fused_prefill.c's GEMMs (fused_prefill.py: ArenaProjection, near oneDNN's packed GEMM
-at 128 rows; c_fc with the gelu inside, ArenaMLP), its last position's lm_head through
-the kernel's own head (KernelHead), and where the head is tied to the token table
-(GPT-2) the embedding gathers the head's columns (HeadEmbedding).  The model keeps no
+What changes is `decode`, and the prefill's blocks.  The prefill reads the kernel's
+weight copy too: the four block projections through fused_prefill.c's GEMMs
+(fused_prefill.py: ArenaProjection, near oneDNN's packed GEMM at 128 rows; c_fc with the
+gelu inside, ArenaMLP) and its attention kernel, every block in one call of
+fused_blocks.c with the layer norms, residual adds and cache writes between them in C
+(ArenaPrefill; the blocks' modules still run prompts past its attention's length), its
+last position's lm_head through the kernel's own head (KernelHead), and where the head
+is tied to the token table (GPT-2) the embedding gathers the head's columns
+(HeadEmbedding).  The model keeps no
 other copy of them: the variant holds its weights once (gpt2: 475 MiB with its cache, was
 965; eager's 622 hold a second, (in, out) lm_head).  The teacher-forced forward runs the kernel token by token,
 so fidelity and perplexity measure it.  The weight copy is laid out for the kernel
@@ -204,8 +207,9 @@ class KernelHead(nn.Module):
 
 
 class FusedDecodeEngine(TorchEngine):
-    """A TorchEngine whose decode runs fused_decode.c; prefill runs the eager model's code
-    with its projections on the kernel's weight copy (ArenaProjection, KernelHead).
+    """A TorchEngine whose decode runs fused_decode.c; its prefill runs the blocks in one
+    call of fused_blocks.c (ArenaPrefill), on the kernel's weight copy like the head
+    (KernelHead).
 
     `forward` (teacher-forced: fidelity, perplexity, tasks) feeds the sequence through the
     kernel a token at a time (`forward_by_decode`), so the quality numbers are the kernel's
@@ -228,6 +232,8 @@ class FusedDecodeEngine(TorchEngine):
         te.model.lm_head = KernelHead(self.decoder)
         fused_prefill.route_projections(
             te.model, self.decoder.arena, self.decoder.lib, NB, RB)
+        self.prefill_fn = fused_prefill.ArenaPrefill(te.model, self.decoder.lib,
+                                                     self.decoder.arena)
 
     def reset(self, batch: int, max_len: int) -> None:
         super().reset(batch, max_len)
@@ -318,7 +324,8 @@ class FusedDecode(Pass):
                            f"weight copy {fused.decoder.arena.nbytes / 2**20:.0f} MB "
                            f"({kind}) in panels, the only one held: prefill's projections, "
                            "lm_head and tied embedding "
-                           "read it too (fused_prefill.c); the cache's keys mirrored in "
+                           "read it too (fused_prefill.c; the prefill's blocks in one "
+                           "call, fused_blocks.c); the cache's keys mirrored in "
                            "panels of 16 positions (its K cache's size again); teacher-forced "
                            "forward (fidelity, perplexity) token by token through the kernel")
         return fused

@@ -329,11 +329,15 @@ int gpteval_gemm_row_blocks(const float *x, int64_t T, const wt *const *items,
  * took 0.81-1.06 ms a layer on a Zen 3 (2 threads), this 0.54-0.57; the prefill 1.04x
  * faster (38 paired rounds).  It takes each query alone, so long prompts are slower here
  * (1024 positions: 31 ms against 23) and go to SDPA (PrefillAttention.MAX_POSITIONS).
- * hs: a multiple of NB.
+ * hs: a multiple of NB.  With k_cache and v_cache (else NULL), the model's KV cache
+ * ((B, nh, max_len, hs) each), every position's key and value are written there too, and
+ * the values are read back from it (they are a head's rows side by side there already).
  * Returns 0, -1 on a bad argument, -2 without memory for the keys. */
 int gpteval_prefill_attention(const float *qkv, int64_t B, int64_t T, int64_t nh, int64_t hs,
-                              int last_only, float *y, int nthreads) {
+                              int last_only, float *y, float *k_cache, float *v_cache,
+                              int64_t max_len, int nthreads) {
     if (B < 1 || T < 1 || nh < 1 || hs < NB || hs % NB || nthreads < 1) return -1;
+    if ((k_cache || v_cache) && (!k_cache || !v_cache || T > max_len)) return -1;
     const int64_t W = nh * hs, ld = 3 * W, np = panels(T), t_out = last_only ? 1 : T;
     const float scale = 1.f / sqrtf((float)hs);
     int err = 0;
@@ -356,12 +360,19 @@ int gpteval_prefill_attention(const float *qkv, int64_t B, int64_t T, int64_t nh
             /* the last panel's positions past T: zero keys, their scores unused */
             memset(kt + (np - 1) * hs * NB, 0, hs * NB * sizeof(float));
             for (int64_t p = 0; p < T; p++) put_key(kt, p, hs, k + p * ld);
-            for (int64_t p = 0; p < T; p++) /* the values side by side: read once a query */
-                memcpy(vs + p * hs, v + p * ld, hs * sizeof(float));
+            float *vh = vs; /* the values side by side: read once a query */
+            if (k_cache) {
+                const int64_t at = (b * nh + h) * max_len * hs;
+                vh = v_cache + at;
+                for (int64_t p = 0; p < T; p++)
+                    memcpy(k_cache + at + p * hs, k + p * ld, hs * sizeof(float));
+            }
+            for (int64_t p = 0; p < T; p++)
+                memcpy(vh + p * hs, v + p * ld, hs * sizeof(float));
             for (int64_t t = last_only ? T - 1 : 0; t < T; t++) {
                 key_scores(seq + t * ld + h * hs, kt, t + 1, hs, scale, scores);
                 softmax(scores, t + 1);
-                weighted_rows(scores, vs, t + 1, hs, hs,
+                weighted_rows(scores, vh, t + 1, hs, hs,
                               y + (b * t_out + (last_only ? 0 : t)) * W + h * hs);
             }
         }

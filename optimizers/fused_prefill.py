@@ -1,6 +1,8 @@
 """fused-decode's prefill projections: the model's four block projections read from the
-kernel's own weight copy (WeightArena), through fused_prefill.c; and its prefill attention
-(PrefillAttention), the decode step's attention math over every prompt position.
+kernel's own weight copy (WeightArena), through fused_prefill.c; its prefill attention
+(PrefillAttention), the decode step's attention math over every prompt position; and the
+engine's prefill (ArenaPrefill), which runs all the blocks through those kernels in one
+call of fused_blocks.c.
 
 Why: the decode kernel needs its weights laid out for it (column panels, row blocks, each
 work item's pieces side by side); eager's prefill ran on a second, oneDNN-packed copy of
@@ -38,17 +40,33 @@ def kernel_input(x: torch.Tensor, what: str) -> torch.Tensor:
     return x
 
 
+class _Proj(ctypes.Structure):  # fused_blocks.c's Proj: one ArenaProjection
+    _fields_ = [("w", _P), ("cols", _P)] + [(n, _I64) for n in ("n", "rows", "in_", "out")] \
+        + [("scale", _P), ("bias", _P), ("gelu", _I64)]
+
+
+class _Layer(ctypes.Structure):  # fused_blocks.c's PrefillLayer
+    _fields_ = ([(n, _P) for n in ("ln1_w", "ln1_b", "ln2_w", "ln2_b")]
+                + [(n, _Proj) for n in ("qkv", "o", "fc", "fc2")]
+                + [("k_cache", _P), ("v_cache", _P), ("n_head", _I64)])
+
+
 def declare(lib: ctypes.CDLL) -> None:
-    """Argument types of fused_prefill.c's entry points."""
+    """Argument types of fused_prefill.c's and fused_blocks.c's entry points."""
     lib.gpteval_gemm_panels.restype = ctypes.c_int
     lib.gpteval_gemm_panels.argtypes = [_P, _I64, _I64, _P, _P, _I64, _P, _P, _P, _I64,
                                         ctypes.c_int, ctypes.c_int]
     lib.gpteval_gemm_row_blocks.restype = ctypes.c_int
     lib.gpteval_gemm_row_blocks.argtypes = [_P, _I64, _P, _I64, _I64, _I64, _P, _P, _P,
                                             ctypes.c_int]
+    lib.gpteval_prefill_blocks.restype = ctypes.c_int
+    lib.gpteval_prefill_blocks.argtypes = [_P, _I64, _I64, _I64, _I64, _I64, ctypes.c_float,
+                                           _P, _P, ctypes.c_int]
+    lib.gpteval_prefill_work_floats.restype = _I64
+    lib.gpteval_prefill_work_floats.argtypes = [_P, _I64, _I64, _I64]
     lib.gpteval_prefill_attention.restype = ctypes.c_int
     lib.gpteval_prefill_attention.argtypes = [_P, _I64, _I64, _I64, _I64, ctypes.c_int, _P,
-                                              ctypes.c_int]
+                                              _P, _P, _I64, ctypes.c_int]
 
 
 class ArenaProjection(nn.Module):
@@ -101,6 +119,14 @@ class ArenaProjection(nn.Module):
             raise RuntimeError(f"fused prefill projection failed ({rc})")
         return out.view(*x.shape[:-1], self.out_features)
 
+    def as_struct(self) -> _Proj:
+        """This projection for fused_blocks.c (its pointers stay this module's)."""
+        return _Proj(w=ctypes.cast(self._ptrs, _P),
+                     cols=ctypes.cast(self._cols, _P) if self._by_panels else None,
+                     n=len(self._ptrs), rows=0 if self._by_panels else self._rows,
+                     in_=self.in_features, out=self.out_features, scale=self._scale,
+                     bias=self._bias, gelu=int(self.gelu))
+
     def extra_repr(self) -> str:
         layout = "column panels" if self._by_panels else f"row blocks of {self._rows}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -137,12 +163,79 @@ class PrefillAttention:
         y = torch.empty(B, 1 if last_only else T, width, dtype=torch.float32)
         rc = self.lib.gpteval_prefill_attention(qkv.data_ptr(), B, T, self.n_head,
                                                 width // self.n_head, int(last_only),
-                                                y.data_ptr(), torch.get_num_threads())
+                                                y.data_ptr(), None, None, 0,
+                                                torch.get_num_threads())
         if rc == -2:
             raise MemoryError(f"no memory for the fused prefill's keys ({T} positions)")
         if rc != 0:
             raise RuntimeError(f"fused prefill attention failed ({rc})")
         return y
+
+
+class ArenaPrefill:
+    """A fused-decode engine's prefill: the embedding, the final norm and the lm_head are
+    the model's modules; its blocks run in one call of fused_blocks.c, through the kernels
+    the blocks' modules call, with the glue between them (residual adds, layer norms, the
+    KV cache writes) in C too: no Python and no torch op between a layer's kernels.
+
+    Calls it does not take go to the model's own prefill, which runs the blocks' modules
+    or refuses with its own error: a prompt past PrefillAttention.MAX_POSITIONS (SDPA
+    attends those faster), longer than the cache, a batch other than the cache's, or no
+    cache.  `lib` is public so that tools/kernel_ab.py can point it at another build."""
+
+    def __init__(self, model: nn.Module, lib: ctypes.CDLL, arena) -> None:
+        self.model, self.lib = model, lib
+        blocks = model.transformer.h
+        self._layers = (_Layer * len(blocks))()
+        for i, block in enumerate(blocks):
+            layer = self._layers[i]
+            for f in ("ln1_w", "ln1_b", "ln2_w", "ln2_b"):
+                setattr(layer, f, arena.ptr[f"{i}.{f}"])
+            # the structs point into these modules' pointer arrays: the model keeps them
+            layer.qkv, layer.o = block.attn.c_attn.as_struct(), block.attn.c_proj.as_struct()
+            layer.fc, layer.fc2 = block.mlp.c_fc.as_struct(), block.mlp.c_proj.as_struct()
+            layer.n_head = block.attn.n_head
+        self._layers_p = ctypes.addressof(self._layers)
+        self._cache_at: int | None = None  # the cache the layers' pointers are into
+        self._work = torch.empty(0)
+
+    def _takes(self, ids: torch.Tensor) -> bool:
+        m = self.model
+        if ids.dim() != 2 or ids.device.type != "cpu" or getattr(m, "max_len", 0) == 0:
+            return False
+        attn = m.transformer.h[0].attn
+        cache, limit = attn.kv_cache, attn.prefill_attention.MAX_POSITIONS
+        B, T = ids.shape
+        return (0 < T <= min(limit, m.max_len)
+                and B == m.max_batch and cache is not None
+                and cache.k.dtype == torch.float32 and cache.k.is_contiguous())
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        """The next token's logits (B, 1, V) of prompts ids (B, T), from position 0."""
+        m = self.model
+        if not self._takes(ids):
+            return m.prefill(ids)
+        blocks, C = m.transformer.h, m.config.n_embd
+        if self._cache_at != blocks[0].attn.kv_cache.k.data_ptr():  # a new cache (reset)
+            for layer, block in zip(self._layers, blocks):
+                layer.k_cache = block.attn.kv_cache.k.data_ptr()
+                layer.v_cache = block.attn.kv_cache.v.data_ptr()
+            self._cache_at = blocks[0].attn.kv_cache.k.data_ptr()
+        B, T = ids.shape
+        x = m.transformer.wte(ids) + m.transformer.wpe(torch.arange(T))
+        x = kernel_input(x.reshape(B * T, C), "prefill runs")
+        n_layer = len(blocks)
+        need = self.lib.gpteval_prefill_work_floats(self._layers_p, n_layer, B * T, C)
+        if self._work.numel() < need:
+            self._work = torch.empty(need, dtype=torch.float32)
+        rc = self.lib.gpteval_prefill_blocks(self._layers_p, n_layer, B, T, C, m.max_len,
+                                             m.config.layer_norm_eps, x.data_ptr(),
+                                             self._work.data_ptr(), torch.get_num_threads())
+        if rc == -2:
+            raise MemoryError(f"no memory for the fused prefill of {B} x {T} positions")
+        if rc != 0:
+            raise RuntimeError(f"fused prefill failed ({rc})")
+        return m.lm_head(m.transformer.ln_f(x[:B].view(B, 1, C)))
 
 
 class ArenaMLP(nn.Module):
@@ -246,5 +339,5 @@ def route_projections(model: nn.Module, arena, lib: ctypes.CDLL, nb: int, rb: in
                                    for u in range(hidden // rb)], rows=rb, scale=sc["s_fc2"]))
 
 
-__all__ = ["ArenaMLP", "ArenaProjection", "HeadEmbedding", "PrefillAttention", "declare",
-           "route_embedding", "route_projections"]
+__all__ = ["ArenaMLP", "ArenaPrefill", "ArenaProjection", "HeadEmbedding", "PrefillAttention",
+           "declare", "route_embedding", "route_projections"]

@@ -166,12 +166,12 @@ def test_kernel_ab_swaps_the_prefill_kernel_between_two_builds(tmp_path):
     attention scales the scores by half does not, so the tool really runs A's library."""
     import shutil
 
-    from optimizers.fused_build import HEADERS, PREFILL_SOURCE, SOURCE
+    from optimizers.fused_build import HEADERS, PREFILL_SOURCE, SOURCES
 
     same, other = tmp_path / "same", tmp_path / "other"
     for d in (same, other):
         d.mkdir()
-        for path in (SOURCE, PREFILL_SOURCE, *HEADERS):
+        for path in (*SOURCES, *HEADERS):
             shutil.copy(path, d / path.name)
     prefill = (other / PREFILL_SOURCE.name).read_text()
     assert prefill.count("1.f / sqrtf((float)hs)") == 1

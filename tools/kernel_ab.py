@@ -5,12 +5,13 @@ process: the A/B behind the kernel's "1.05x faster" claims (docs/cpu-performance
     python tools/kernel_ab.py --base-dir /tmp/other_sources --variant fused-decode:int8
 
 A is the kernel built from another revision's sources (`--base REV`, read with `git show`,
-or a directory holding fused_decode.c, fused_prefill.c and their headers: `--base-dir`);
-B the working tree's.  One engine is built (the variant as `gpteval run` builds it); each
-round points its prefill modules (the projections and the attention) at one library, then
-the other, the order alternating, and times `--repeats` prefills of the prompt with each
-(their median).  Prints both medians, the median over rounds of A's time over B's (above 1:
-B faster) with its quartiles, and whether the two builds' logits are the same bits.
+or a directory holding fused_decode.c, fused_prefill.c, fused_blocks.c and their headers:
+`--base-dir`); B the working tree's.  One engine is built (the variant as `gpteval run`
+builds it); each round points its prefill (the blocks' call, and the projections and
+attention modules) at one library, then the other, the order alternating, and times
+`--repeats` prefills of the prompt with each (their median).  Prints both medians, the
+median over rounds of A's time over B's (above 1: B faster) with its quartiles, and
+whether the two builds' logits are the same bits.
 
 On a shared host whose speed moves ±15 % between rounds only such paired ratios mean
 anything; the decode step is not swapped (its library also owns the model's state), so
@@ -33,16 +34,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def base_sources(rev: str, into: Path) -> Path:
     """The kernel's sources at git revision `rev`, written to `into`."""
-    from optimizers.fused_build import HEADERS, PREFILL_SOURCE, SOURCE
+    from optimizers.fused_build import HEADERS, SOURCES
 
-    for path in (SOURCE, PREFILL_SOURCE, *HEADERS):
+    for path in (*SOURCES, *HEADERS):
         rel = path.relative_to(ROOT).as_posix()
         proc = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{rel}"],
                               capture_output=True, check=False)
         if proc.returncode != 0:
             fail(f"--base {rev}: git show {rev}:{rel} failed "
                  f"({proc.stderr.decode(errors='replace').strip()[:200]}); name a revision "
-                 "that has the kernel, or pass --base-dir")
+                 "that has these sources (fused_blocks.c: from the twenty-third session on), "
+                 "or pass --base-dir")
         (into / path.name).write_bytes(proc.stdout)
     return into
 
@@ -98,6 +100,7 @@ def main() -> None:
     users = [m for m in engine.model.modules() if isinstance(m, fused_prefill.ArenaProjection)]
     users += [b.attn.prefill_attention for b in engine.model.transformer.h
               if b.attn.prefill_attention is not None]
+    users.append(engine.prefill_fn)  # ArenaPrefill: the blocks in one call
     ids = torch.randint(0, engine.model.config.vocab_size, (1, args.prompt),
                         generator=torch.Generator().manual_seed(0))
 
