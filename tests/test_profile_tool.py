@@ -187,6 +187,18 @@ def test_kernel_ab_swaps_the_prefill_kernel_between_two_builds(tmp_path):
     assert "logits: max abs diff" in proc.stdout
 
 
+def test_kernel_ab_times_the_blocks_modules_against_their_one_call():
+    """--modules: A is the model's own prefill (the blocks' modules), B the blocks in one
+    call; the two differ by the layer norms' rounding only."""
+    proc = subprocess.run([sys.executable, str(AB_TOOL), "--modules", "--model", "tiny",
+                           "--rounds", "2", "--repeats", "1", "--prompt", "20"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("logits: "))
+    assert line == "logits: the same bits" or float(line.rsplit(" ", 1)[1]) < 1e-4
+    assert "A/B median over 2 rounds" in proc.stdout
+
+
 def test_kernel_ab_refuses_what_it_cannot_swap_in_one_line(tmp_path):
     proc = _kernel_ab(tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

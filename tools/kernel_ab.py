@@ -3,6 +3,7 @@ process: the A/B behind the kernel's "1.05x faster" claims (docs/cpu-performance
 
     python tools/kernel_ab.py --base HEAD~1 --model gpt2 --rounds 40
     python tools/kernel_ab.py --base-dir /tmp/other_sources --variant fused-decode:int8
+    python tools/kernel_ab.py --modules --rounds 30
 
 A is the kernel built from another revision's sources (`--base REV`, read with `git show`,
 or a directory holding fused_decode.c, fused_prefill.c, fused_blocks.c and their headers:
@@ -12,6 +13,10 @@ attention modules) at one library, then the other, the order alternating, and ti
 `--repeats` prefills of the prompt with each (their median).  Prints both medians, the
 median over rounds of A's time over B's (above 1: B faster) with its quartiles, and
 whether the two builds' logits are the same bits.
+
+With `--modules`, A and B are the same build: A runs the blocks module by module (the
+model's own prefill, each projection and attention a kernel call from Python, the layer
+norms, residual adds and cache writes torch ops), B in one call of fused_blocks.c.
 
 On a shared host whose speed moves ±15 % between rounds only such paired ratios mean
 anything; the decode step is not swapped (its library also owns the model's state), so
@@ -60,6 +65,9 @@ def main() -> None:
     base = ap.add_mutually_exclusive_group(required=True)
     base.add_argument("--base", help="git revision whose kernel sources build A")
     base.add_argument("--base-dir", type=Path, help="a directory of kernel sources for A")
+    base.add_argument("--modules", action="store_true",
+                      help="A: the working tree's build with the blocks run module by module "
+                      "(the model's own prefill: the path before fused_blocks.c)")
     ap.add_argument("--model", default="gpt2")
     ap.add_argument("--variant", default="fused-decode",
                     help="fused-decode or fused-decode:int8")
@@ -87,9 +95,9 @@ def main() -> None:
              "holds the kernel's sources")
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            src_a = args.base_dir or base_sources(args.base, Path(tmp))
-            libs = {"A": load_library(Path(src_a), int8),
-                    "B": load_library(SOURCE.parent, int8)}
+            libs = {"B": load_library(SOURCE.parent, int8)}
+            libs["A"] = libs["B"] if args.modules else load_library(
+                Path(args.base_dir or base_sources(args.base, Path(tmp))), int8)
         loaded = load_model(args.model)
         if args.prompt >= loaded.model.config.n_positions:
             fail(f"--prompt {args.prompt}: {args.model} holds "
@@ -101,12 +109,15 @@ def main() -> None:
     users += [b.attn.prefill_attention for b in engine.model.transformer.h
               if b.attn.prefill_attention is not None]
     users.append(engine.prefill_fn)  # ArenaPrefill: the blocks in one call
+    paths = {"A": engine.model.prefill if args.modules else engine.prefill_fn,
+             "B": engine.prefill_fn}
     ids = torch.randint(0, engine.model.config.vocab_size, (1, args.prompt),
                         generator=torch.Generator().manual_seed(0))
 
     def prefill(name: str) -> tuple[float, torch.Tensor]:
         for m in users:
             m.lib = libs[name]
+        engine.prefill_fn = paths[name]
         engine.reset(1, args.prompt + 1)
         start = time.perf_counter()
         logits = engine.prefill(ids)
