@@ -66,14 +66,21 @@ static void add_norm(float *x, const float *a, int64_t n, int64_t C, const float
     }
 }
 
+/* The widest layer's attention width (w) and MLP width (h): pruning may leave layers of
+ * different widths, and the work buffer holds any of them */
+static void widest(const PrefillLayer *layers, int64_t n_layer, int64_t *w, int64_t *h) {
+    *w = *h = 0;
+    for (int64_t l = 0; l < n_layer; l++) {
+        if (layers[l].o.in > *w) *w = layers[l].o.in;
+        if (layers[l].fc.out > *h) *h = layers[l].fc.out;
+    }
+}
+
 /* floats of gpteval_prefill_blocks' work buffer for `rows` = B * T rows */
 int64_t gpteval_prefill_work_floats(const PrefillLayer *layers, int64_t n_layer, int64_t rows,
                                     int64_t C) {
-    int64_t w = 0, h = 0;
-    for (int64_t l = 0; l < n_layer; l++) {
-        if (layers[l].o.in > w) w = layers[l].o.in;
-        if (layers[l].fc.out > h) h = layers[l].fc.out;
-    }
+    int64_t w, h;
+    widest(layers, n_layer, &w, &h);
     return rows * (2 * C + 4 * w + h); /* xn, qkv, y, the MLP's hidden, a block's output */
 }
 
@@ -88,11 +95,8 @@ int gpteval_prefill_blocks(const PrefillLayer *layers, int64_t n_layer, int64_t 
                            int64_t C, int64_t max_len, float eps, float *x, float *work,
                            int nthreads) {
     if (n_layer < 1 || B < 1 || T < 1 || T > max_len || C < 1 || nthreads < 1) return -1;
-    int64_t rows = B * T, w = 0, h = 0;
-    for (int64_t l = 0; l < n_layer; l++) {
-        if (layers[l].o.in > w) w = layers[l].o.in;
-        if (layers[l].fc.out > h) h = layers[l].fc.out;
-    }
+    int64_t rows = B * T, w, h;
+    widest(layers, n_layer, &w, &h);
     float *xn = work, *qkv = xn + rows * C, *y = qkv + rows * 3 * w, *hid = y + rows * w;
     float *a = hid + rows * h;
     add_norm(x, NULL, rows, C, layers[0].ln1_w, layers[0].ln1_b, eps, xn, nthreads);

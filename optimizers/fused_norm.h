@@ -1,5 +1,5 @@
 /* GPT-2's layer norm over one row, shared by the decode step (fused_decode.c) and the
- * prefill (fused_prefill.c): one definition, so both normalize a row to the same bits. */
+ * prefill's blocks (fused_blocks.c): one definition, so both normalize a row to the same bits. */
 #ifndef GPTEVAL_FUSED_NORM_H
 #define GPTEVAL_FUSED_NORM_H
 #include <math.h>
